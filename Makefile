@@ -1,0 +1,75 @@
+# safetensorsfs: `make` builds, `make test` installs what is missing and runs every test.
+
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+BUILD     ?= build
+PYTHON    ?= python3
+VENV      ?= .venv
+CC        ?= cc
+PKGS      := fuse3 json-c
+
+CFLAGS    ?= -O2 -g
+CPPFLAGS  += -D_GNU_SOURCE -DFUSE_USE_VERSION=314 -DSAFETENSORSFS_VERSION=\"$(VERSION)\"
+CFLAGS    += -std=c11 -Wall -Wextra -Werror $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS    += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+
+ifeq ($(SANITIZE),1)
+CFLAGS    += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS   += -fsanitize=address,undefined
+endif
+
+PARSER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard parser/*.c))
+FS_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
+BINARIES   := $(BUILD)/safetensorsfs $(BUILD)/test_parser
+
+PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
+	$(VENV)/bin/python -m pytest -q -ra tests
+
+.PHONY: all deps venv test test-asan demo bench install clean
+
+all: $(BINARIES)
+
+$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/safetensorsfs: $(FS_OBJ) $(PARSER_OBJ)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/test_parser: $(BUILD)/tests/c/test_parser.o $(PARSER_OBJ)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+deps:
+	@scripts/deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: scripts/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements.txt
+	@touch $@
+
+test: deps
+	@$(MAKE) --no-print-directory all venv
+	$(call PYTEST,$(BUILD))
+
+# The same tests against an ASan+UBSan build; the daemon's reports fail the test that caused them.
+test-asan: deps
+	@$(MAKE) --no-print-directory all venv BUILD=build-asan SANITIZE=1
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(call PYTEST,build-asan)
+
+demo: deps
+	@$(MAKE) --no-print-directory all venv
+	scripts/demo.sh $(BUILD)/safetensorsfs
+
+bench: deps
+	@$(MAKE) --no-print-directory all venv
+	scripts/bench/run.sh $(BUILD)/safetensorsfs
+
+install: $(BUILD)/safetensorsfs
+	install -D -m 0755 $(BUILD)/safetensorsfs $(DESTDIR)$(PREFIX)/bin/safetensorsfs
+	install -D -m 0644 safetensorsfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/safetensorsfs.1
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,34 @@
+/* The mount's one context: what was mounted, its tree, and the options. */
+#ifndef FS_FS_H
+#define FS_FS_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct fuse_conn_info_opts;
+
+#include "source.h"
+#include "tree.h"
+
+struct fs_options {
+	char *source;
+	char *layout_name;
+	unsigned read_ahead_kb; /* 0: leave the kernel's default */
+	int splice;             /* splice tensor bytes from the backing file into the reply */
+};
+
+struct fs {
+	struct fs_options opt;
+	enum layout layout;
+	struct source src;
+	struct tree tree;
+	uid_t uid;
+	gid_t gid;
+	const char *mountpoint;
+	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
+};
+
+/* The lowlevel operations (ops.c). */
+extern const struct fuse_lowlevel_ops fs_ops;
+
+#endif

@@ -1,0 +1,193 @@
+/*
+ * safetensorsfs: options, validation of SOURCE before anything is mounted,
+ * then the session and its loop.  Modelled on libfuse's passthrough_ll main.
+ */
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fs.h"
+#include "readahead.h"
+
+#ifndef SAFETENSORSFS_VERSION
+#define SAFETENSORSFS_VERSION "0.1.0"
+#endif
+/* Measured in docs/BENCHMARKS.md: a 16 MiB window lets the kernel keep 1 MiB requests in flight. */
+#define DEFAULT_READ_AHEAD_KB 16384
+/* Measured in docs/BENCHMARKS.md: see "splice". */
+#define DEFAULT_SPLICE 0
+
+#define OPT(t, p) {t, offsetof(struct fs_options, p), 1}
+static const struct fuse_opt option_spec[] = {
+	OPT("layout=%s", layout_name),
+	OPT("read_ahead_kb=%u", read_ahead_kb),
+	FUSE_OPT_END,
+};
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] SOURCE MOUNTPOINT\n\n"
+	       "Mounts a .safetensors file as a read-only tree of tensor files.\n\n"
+	       "safetensorsfs options:\n"
+	       "    -o layout=tree|flat    tensor a.b.c as a/b/c (tree, default) or as one file\n"
+	       "                           named a.b.c in the root (flat)\n"
+	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
+	       "                           (default %u; 0 keeps the kernel's)\n"
+	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
+	       prog, DEFAULT_READ_AHEAD_KB);
+}
+
+static void version(void)
+{
+	printf("safetensorsfs %s\nlibfuse %s\ngpu backends: none\n", SAFETENSORSFS_VERSION,
+	       fuse_pkgversion());
+}
+
+/* The first non-option is SOURCE; the second is left for fuse_parse_cmdline. */
+static int take_source(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct fs_options *opt = data;
+
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT && !opt->source) {
+		opt->source = strdup(arg);
+		return 0;
+	}
+	return 1;
+}
+
+static int fail(const char *what, const char *why)
+{
+	fprintf(stderr, "safetensorsfs: %s: %s\n", what, why);
+	return 1;
+}
+
+/* "-o fsname=SOURCE,subtype=safetensorsfs", with the commas libfuse splits on escaped. */
+static int add_fsname(struct fuse_args *args, const char *source)
+{
+	size_t n = strlen(source);
+	char *o = malloc(2 * n + 64), *p;
+	int rc;
+
+	if (!o)
+		return -1;
+	p = o + sprintf(o, "-osubtype=safetensorsfs,fsname=");
+	for (size_t i = 0; i < n; i++) {
+		if (source[i] == ',' || source[i] == '\\')
+			*p++ = '\\';
+		*p++ = source[i];
+	}
+	*p = '\0';
+	rc = fuse_opt_add_arg(args, o);
+	free(o);
+	return rc;
+}
+
+static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *cmd)
+{
+	struct fuse_loop_config *cfg;
+	int rc;
+
+	if (cmd->singlethread)
+		return fuse_session_loop(se);
+	if (!(cfg = fuse_loop_cfg_create()))
+		return -ENOMEM;
+	/* One /dev/fuse fd per thread: no contention on a single queue. */
+	fuse_loop_cfg_set_clone_fd(cfg, 1);
+	fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
+	fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
+	rc = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return rc;
+}
+
+/* Mounts and serves until unmounted; SOURCE has been validated already. */
+static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+	struct readahead_tuner ra;
+	struct fuse_session *se;
+	int rc = 1;
+
+	se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), fs);
+	if (!se)
+		return 1;
+	if (fuse_set_signal_handlers(se) == 0) {
+		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
+			fuse_daemonize(cmd->foreground);
+			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
+			rc = run_loop(se, cmd) ? 1 : 0;
+			fuse_session_unmount(se);
+			readahead_join(&ra);
+		}
+		fuse_remove_signal_handlers(se);
+	}
+	fuse_session_destroy(se);
+	return rc;
+}
+
+static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+	char err[ST_ERR_LEN], *abs;
+
+	if (fuse_opt_parse(args, &fs->opt, option_spec, take_source) < 0)
+		return 1;
+	if (!(fs->conn_opts = fuse_parse_conn_info_opts(args)) || fuse_parse_cmdline(args, cmd) != 0)
+		return 1;
+	if (cmd->show_help) {
+		usage(args->argv[0]);
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		return -1;
+	}
+	if (cmd->show_version) {
+		version();
+		return -1;
+	}
+	if (!fs->opt.source || !cmd->mountpoint) {
+		fprintf(stderr, "usage: %s [options] SOURCE MOUNTPOINT (see --help)\n", args->argv[0]);
+		return 1;
+	}
+	if (!fs->opt.layout_name || strcmp(fs->opt.layout_name, "tree") == 0)
+		fs->layout = LAYOUT_TREE;
+	else if (strcmp(fs->opt.layout_name, "flat") == 0)
+		fs->layout = LAYOUT_FLAT;
+	else
+		return fail("layout", "must be tree or flat");
+	if (source_open(fs->opt.source, &fs->src, err) < 0)
+		return fail(fs->opt.source, err);
+	if (tree_build(&fs->tree, &fs->src, fs->layout, err, sizeof(err)) < 0)
+		return fail(fs->opt.source, err);
+	abs = realpath(fs->opt.source, NULL);
+	if (add_fsname(args, abs ? abs : fs->opt.source) < 0) {
+		free(abs);
+		return 1;
+	}
+	free(abs);
+	fs->uid = getuid();
+	fs->gid = getgid();
+	return 0;
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts cmd = {0};
+	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE}};
+	int rc = setup(&fs, &args, &cmd);
+
+	if (rc == 0)
+		rc = serve(&fs, &args, &cmd);
+	tree_free(&fs.tree);
+	source_close(&fs.src);
+	free(fs.conn_opts);
+	free(fs.opt.source);
+	free(fs.opt.layout_name);
+	free(cmd.mountpoint);
+	fuse_opt_free_args(&args);
+	return rc < 0 ? 0 : rc;
+}

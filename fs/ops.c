@@ -1,0 +1,399 @@
+/*
+ * The lowlevel operations: answers to the kernel from the immutable tree.
+ * Tensor bytes go from the backing file to the kernel as fd buffers
+ * (spliced where enabled), never through a copy the daemon keeps.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "fs.h"
+#include "xattr.h"
+
+/* The tree never changes while mounted, so the kernel may cache it for as long as it likes. */
+#define TIMEOUT (86400.0 * 365)
+#define BLOCK 4096
+/* Advertised as st_blksize so that cat, cp and Python read in max_read-sized requests. */
+#define IO_BLOCK (1 << 20)
+
+static struct fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static const struct node *node_of(const struct fs *fs, fuse_ino_t ino)
+{
+	return ino >= 1 && ino <= fs->tree.n_nodes ? &fs->tree.nodes[ino - 1] : NULL;
+}
+
+static const struct shard *shard_of(const struct fs *fs, const struct node *n)
+{
+	return &fs->src.shards[n->kind == NODE_TENSOR ? n->tensor.shard : 0];
+}
+
+static uint64_t node_size(const struct fs *fs, const struct node *n)
+{
+	const struct st_header *h = &shard_of(fs, n)->hdr;
+
+	switch (n->kind) {
+	case NODE_TENSOR:
+		return st_tensor_nbytes(&h->tensors[n->tensor.index]);
+	case NODE_HEADER_JSON:
+		return h->header_len;
+	case NODE_METADATA_JSON:
+		return h->metadata_json_len;
+	default:
+		return BLOCK;
+	}
+}
+
+static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	const struct node *n = node_of(fs, ino);
+	const struct shard *sh = shard_of(fs, n);
+
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = n->kind == NODE_DIR ? S_IFDIR | 0555 : S_IFREG | 0444;
+	st->st_nlink = n->kind == NODE_DIR ? 2 + n->dir.subdirs : 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = (off_t)node_size(fs, n);
+	st->st_blksize = IO_BLOCK;
+	st->st_blocks = (blkcnt_t)((node_size(fs, n) + 511) / 512);
+	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;
+}
+
+static void fill_entry(const struct fs *fs, fuse_ino_t ino, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = ino;
+	e->generation = 1;
+	e->attr_timeout = e->entry_timeout = TIMEOUT;
+	fill_stat(fs, ino, &e->attr);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct fs *fs = userdata;
+
+	/* Immutable files: nothing to invalidate when mtime is seen again. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE && fs->opt.splice)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	/* More readahead requests in flight keep a sequential reader's pipe full. */
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	if (fs->conn_opts)
+		fuse_apply_conn_info_opts(fs->conn_opts, conn);
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	const struct node *p = node_of(fs, parent);
+	struct fuse_entry_param e;
+	long i;
+
+	if (!p || p->kind != NODE_DIR) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	i = tree_lookup(&fs->tree, (uint32_t)(parent - 1), name, strlen(name));
+	if (i < 0) {
+		/* A cached negative entry: the name cannot appear later. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = TIMEOUT;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	fill_entry(fs, (fuse_ino_t)i + 1, &e);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct stat st;
+
+	(void)fi;
+	if (!node_of(fs, ino)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fill_stat(fs, ino, &st);
+	fuse_reply_attr(req, &st, TIMEOUT);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	const struct node *n = node_of(fs_of(req), ino);
+
+	if (!n || n->kind != NODE_DIR) {
+		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+/* Adds one entry; returns its size, or 0 when it no longer fits. */
+static size_t add_entry(fuse_req_t req, char *buf, size_t left, const char *name, fuse_ino_t ino,
+			off_t next, int plus)
+{
+	const struct fs *fs = fs_of(req);
+	struct fuse_entry_param e;
+
+	fill_entry(fs, ino, &e);
+	if (!plus)
+		return fuse_add_direntry(req, buf, left, name, &e.attr, next);
+	if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])))
+		e.ino = 0; /* the kernel takes no lookup reference for . and .. */
+	return fuse_add_direntry_plus(req, buf, left, name, &e, next);
+}
+
+static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus)
+{
+	struct fs *fs = fs_of(req);
+	const struct node *d = node_of(fs, ino);
+	char *buf;
+	size_t used = 0;
+
+	if (!d || d->kind != NODE_DIR) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (!(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	/* Offsets 0 and 1 are "." and "..", then the children in order. */
+	for (off_t i = off; i < (off_t)d->dir.count + 2; i++) {
+		fuse_ino_t child;
+		const char *name;
+		if (i < 2) {
+			child = i == 0 ? ino : d->parent + 1;
+			name = i == 0 ? "." : "..";
+		} else {
+			child = (fuse_ino_t)fs->tree.children[d->dir.first + (size_t)i - 2] + 1;
+			name = node_name(&fs->tree, node_of(fs, child));
+		}
+		size_t n = add_entry(req, buf + used, size - used, name, child, i + 1, plus);
+		if (n > size - used)
+			break;
+		used += n;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, 1);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	const struct node *n = node_of(fs_of(req), ino);
+
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+	} else if (n->kind == NODE_DIR) {
+		fuse_reply_err(req, EISDIR);
+	} else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+	} else {
+		/* The bytes cannot change while mounted: keep them cached across opens. */
+		fi->keep_cache = 1;
+		fi->noflush = 1;
+		fuse_reply_open(req, fi);
+	}
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	const struct node *n = node_of(fs, ino);
+	const struct shard *sh;
+	uint64_t total, start;
+
+	(void)fi;
+	if (!n || n->kind == NODE_DIR) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	sh = shard_of(fs, n);
+	total = node_size(fs, n);
+	if (off < 0 || (uint64_t)off >= total) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > total - (uint64_t)off)
+		size = (size_t)(total - (uint64_t)off);
+	if (n->kind == NODE_METADATA_JSON) {
+		fuse_reply_buf(req, sh->hdr.metadata_json + off, size);
+		return;
+	}
+	start = n->kind == NODE_TENSOR ? sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin : 8;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = sh->fd;
+	bv.buf[0].pos = (off_t)(start + (uint64_t)off);
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void reply_xattr(fuse_req_t req, size_t size, int rc, char *value, size_t len)
+{
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (len > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+	free(value);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct fs *fs = fs_of(req);
+	const struct node *n = node_of(fs, ino);
+	char *value = NULL;
+	size_t len = 0;
+	int rc = n ? xattr_get(fs, n, name, &value, &len) : -ENOENT;
+
+	reply_xattr(req, size, rc, value, len);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct fs *fs = fs_of(req);
+	const struct node *n = node_of(fs, ino);
+	char *list = NULL;
+	size_t len = 0;
+	int rc = n ? xattr_list(fs, n, &list, &len) : -ENOENT;
+
+	reply_xattr(req, size, rc, list, len);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *fs = fs_of(req);
+	struct statvfs st = {.f_bsize = BLOCK, .f_frsize = BLOCK, .f_namemax = 255,
+			     .f_files = fs->tree.n_nodes, .f_flag = ST_RDONLY};
+
+	(void)ino;
+	for (size_t s = 0; s < fs->src.n_shards; s++)
+		st.f_blocks += (fs->src.shards[s].hdr.file_size + BLOCK - 1) / BLOCK;
+	fuse_reply_statfs(req, &st);
+}
+
+/* Everything that would change the tree or the bytes: the backing file is never written. */
+static void erofs(fuse_req_t req)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *a, int set, struct fuse_file_info *fi)
+{
+	(void)ino, (void)a, (void)set, (void)fi;
+	erofs(req);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode, dev_t rdev)
+{
+	(void)p, (void)name, (void)mode, (void)rdev;
+	erofs(req);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode)
+{
+	(void)p, (void)name, (void)mode;
+	erofs(req);
+}
+
+static void op_remove(fuse_req_t req, fuse_ino_t p, const char *name)
+{
+	(void)p, (void)name;
+	erofs(req);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t p, const char *name)
+{
+	(void)link, (void)p, (void)name;
+	erofs(req);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *name, fuse_ino_t np,
+		      const char *nname, unsigned int flags)
+{
+	(void)p, (void)name, (void)np, (void)nname, (void)flags;
+	erofs(req);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t np, const char *nname)
+{
+	(void)ino, (void)np, (void)nname;
+	erofs(req);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	(void)p, (void)name, (void)mode, (void)fi;
+	erofs(req);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	(void)ino, (void)name, (void)value, (void)size, (void)flags;
+	erofs(req);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino, (void)name;
+	erofs(req);
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.open = op_open,
+	.read = op_read,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.statfs = op_statfs,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_remove,
+	.rmdir = op_remove,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.create = op_create,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+};

@@ -1,0 +1,253 @@
+/*
+ * Building the inode table: directories for every '.'-separated prefix
+ * (tree layout) or none (flat layout), then one file per tensor, then the
+ * per-directory child lists that readdir walks.
+ */
+#include "tree.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "escape.h"
+
+static const char *const reserved[] = {".header.json", ".metadata.json"};
+
+static uint64_t hash_key(uint32_t parent, const char *name, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ULL ^ parent;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)name[i]) * 0x100000001b3ULL;
+	return h ^ (h >> 29);
+}
+
+/* The node's index, or -1 with *slot set to where it would go. */
+static long find(const struct tree *t, uint32_t parent, const char *name, size_t len, size_t *slot)
+{
+	size_t mask = t->n_slots - 1;
+
+	for (size_t i = hash_key(parent, name, len) & mask;; i = (i + 1) & mask) {
+		uint32_t v = t->slots[i];
+		if (v == 0) {
+			*slot = i;
+			return -1;
+		}
+		const struct node *n = &t->nodes[v - 1];
+		if (n->parent == parent && n->name_len == len && memcmp(t->names + n->name, name, len) == 0)
+			return v - 1;
+	}
+}
+
+long tree_lookup(const struct tree *t, uint32_t parent, const char *name, size_t len)
+{
+	size_t slot;
+
+	return t->n_slots ? find(t, parent, name, len, &slot) : -1;
+}
+
+/* Keep the table at most half full so probes stay short. */
+static int grow_slots(struct tree *t)
+{
+	size_t n = t->n_slots ? t->n_slots * 2 : 1024;
+	uint32_t *old = t->slots;
+	size_t old_n = t->n_slots, slot;
+
+	if (!(t->slots = calloc(n, sizeof(*t->slots)))) {
+		t->slots = old;
+		return -ENOMEM;
+	}
+	t->n_slots = n;
+	for (size_t i = 0; i < old_n; i++) {
+		if (!old[i])
+			continue;
+		const struct node *nd = &t->nodes[old[i] - 1];
+		find(t, nd->parent, t->names + nd->name, nd->name_len, &slot);
+		t->slots[slot] = old[i];
+	}
+	free(old);
+	return 0;
+}
+
+static int reserve(void *buf, size_t *cap, size_t need, size_t size)
+{
+	void **b = buf;
+	size_t c = *cap ? *cap : 64;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	void *nb = realloc(*b, c * size);
+	if (!nb)
+		return -ENOMEM;
+	*b = nb;
+	*cap = c;
+	return 0;
+}
+
+/* Appends a node named `name` under `parent`; the caller has checked it is new. */
+static long add_node(struct tree *t, uint32_t parent, const char *name, size_t len, enum node_kind kind)
+{
+	size_t slot;
+	struct node *n;
+
+	if ((t->n_nodes + 1) * 2 > t->n_slots && grow_slots(t))
+		return -ENOMEM;
+	if (t->n_nodes >= UINT32_MAX - 1 || t->n_names + len + 1 > UINT32_MAX ||
+	    reserve(&t->nodes, &t->cap_nodes, t->n_nodes + 1, sizeof(*t->nodes)) ||
+	    reserve(&t->names, &t->cap_names, t->n_names + len + 1, 1))
+		return -ENOMEM;
+	memcpy(t->names + t->n_names, name, len);
+	t->names[t->n_names + len] = '\0';
+	n = &t->nodes[t->n_nodes];
+	*n = (struct node){.parent = parent, .name = (uint32_t)t->n_names, .name_len = (uint32_t)len,
+			   .kind = (uint8_t)kind};
+	t->n_names += len + 1;
+	if (find(t, parent, name, len, &slot) < 0)
+		t->slots[slot] = (uint32_t)(t->n_nodes + 1);
+	return (long)t->n_nodes++;
+}
+
+/* The directory `part` under `parent`, made if missing. */
+static long dir_for(struct tree *t, uint32_t parent, const char *part, size_t len, char *scratch)
+{
+	size_t elen = escape_part(scratch, part, len, parent == 0);
+	long i = tree_lookup(t, parent, scratch, elen);
+
+	return i >= 0 ? i : add_node(t, parent, scratch, elen, NODE_DIR);
+}
+
+/* Pass 1: the directories of every tensor's name; remembers each tensor's parent. */
+static int make_dirs(struct tree *t, const struct st_header *h, enum layout layout,
+		     uint32_t *parents, char *scratch)
+{
+	for (size_t i = 0; i < h->n_tensors; i++) {
+		const char *name = st_tensor_name(h, &h->tensors[i]);
+		const char *end = name + h->tensors[i].name_len, *dot;
+		long dir = 0;
+
+		while (layout == LAYOUT_TREE && (dot = memchr(name, '.', (size_t)(end - name)))) {
+			if ((dir = dir_for(t, (uint32_t)dir, name, (size_t)(dot - name), scratch)) < 0)
+				return (int)dir;
+			name = dot + 1;
+		}
+		parents[i] = (uint32_t)dir;
+	}
+	return 0;
+}
+
+/* Pass 2: one file per tensor, renamed with COLLISION_SUFFIX where a directory took its name. */
+static int make_files(struct tree *t, const struct st_header *h, uint32_t shard,
+		      const uint32_t *parents, char *scratch)
+{
+	for (size_t i = 0; i < h->n_tensors; i++) {
+		const struct st_tensor *ts = &h->tensors[i];
+		const char *name = st_tensor_name(h, ts);
+		/* In the tree layout a tensor has a parent other than the root exactly when it has a dot. */
+		const char *dot = parents[i] ? memrchr(name, '.', ts->name_len) : NULL;
+		const char *last = dot ? dot + 1 : name;
+		size_t len;
+		long n;
+
+		len = escape_part(scratch, last, ts->name_len - (size_t)(last - name), parents[i] == 0);
+		if (tree_lookup(t, parents[i], scratch, len) >= 0) {
+			memcpy(scratch + len, COLLISION_SUFFIX, sizeof(COLLISION_SUFFIX));
+			len += strlen(COLLISION_SUFFIX);
+		}
+		if ((n = add_node(t, parents[i], scratch, len, NODE_TENSOR)) < 0)
+			return (int)n;
+		t->nodes[n].tensor.shard = shard;
+		t->nodes[n].tensor.index = (uint32_t)i;
+	}
+	return 0;
+}
+
+/* Child lists in creation order, so readdir is stable and cheap. */
+static int link_children(struct tree *t)
+{
+	uint32_t *fill;
+
+	if (!(t->children = malloc(t->n_nodes * sizeof(*t->children))) ||
+	    !(fill = calloc(t->n_nodes, sizeof(*fill))))
+		return -ENOMEM;
+	for (size_t i = 1; i < t->n_nodes; i++) {
+		struct node *p = &t->nodes[t->nodes[i].parent];
+		p->dir.count++;
+		p->dir.subdirs += t->nodes[i].kind == NODE_DIR;
+	}
+	uint32_t next = 0;
+	for (size_t i = 0; i < t->n_nodes; i++) {
+		if (t->nodes[i].kind != NODE_DIR)
+			continue;
+		t->nodes[i].dir.first = next;
+		next += t->nodes[i].dir.count;
+	}
+	for (size_t i = 1; i < t->n_nodes; i++) {
+		struct node *p = &t->nodes[t->nodes[i].parent];
+		t->children[p->dir.first + fill[t->nodes[i].parent]++] = (uint32_t)i;
+	}
+	free(fill);
+	return 0;
+}
+
+static int build(struct tree *t, const struct source *src, enum layout layout)
+{
+	size_t max_name = 0, max_tensors = 0;
+	uint32_t *parents;
+	char *scratch;
+	int rc = 0;
+
+	for (size_t s = 0; s < src->n_shards; s++) {
+		const struct st_header *h = &src->shards[s].hdr;
+		for (size_t i = 0; i < h->n_tensors; i++)
+			if (h->tensors[i].name_len > max_name)
+				max_name = h->tensors[i].name_len;
+		if (h->n_tensors > max_tensors)
+			max_tensors = h->n_tensors;
+	}
+	scratch = malloc(ESCAPED_MAX(max_name) + sizeof(COLLISION_SUFFIX));
+	parents = malloc((max_tensors ? max_tensors : 1) * sizeof(*parents));
+	if (!scratch || !parents || add_node(t, 0, "", 0, NODE_DIR) < 0)
+		rc = -ENOMEM;
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved) && !rc; i++)
+		if (add_node(t, 0, reserved[i], strlen(reserved[i]),
+			     i == 0 ? NODE_HEADER_JSON : NODE_METADATA_JSON) < 0)
+			rc = -ENOMEM;
+	/* All directories first, so a tensor file never takes a name a directory needs. */
+	for (size_t s = 0; s < src->n_shards && !rc; s++)
+		rc = make_dirs(t, &src->shards[s].hdr, layout, parents, scratch);
+	for (size_t s = 0; s < src->n_shards && !rc; s++) {
+		rc = make_dirs(t, &src->shards[s].hdr, layout, parents, scratch);
+		if (!rc)
+			rc = make_files(t, &src->shards[s].hdr, (uint32_t)s, parents, scratch);
+	}
+	if (!rc)
+		rc = link_children(t);
+	free(scratch);
+	free(parents);
+	return rc;
+}
+
+int tree_build(struct tree *t, const struct source *src, enum layout layout, char *err, size_t errlen)
+{
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	if ((rc = build(t, src, layout)) < 0) {
+		snprintf(err, errlen, "out of memory while building the tree of %zu nodes", t->n_nodes);
+		tree_free(t);
+	}
+	return rc;
+}
+
+void tree_free(struct tree *t)
+{
+	free(t->nodes);
+	free(t->names);
+	free(t->children);
+	free(t->slots);
+	memset(t, 0, sizeof(*t));
+}

@@ -1,0 +1,529 @@
+/*
+ * Header parsing: the 8-byte length, then the JSON object walked entry by
+ * entry.  Each value is parsed by one reused json-c tokener and dropped as
+ * soon as its fields are copied into a compact record, so a 100k-tensor
+ * header never exists as one DOM.
+ */
+#include "header.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define METADATA_KEY "__metadata__"
+#define LFS_MAGIC "version https://git-lfs"
+#define JSON_DEPTH 64
+
+struct parse {
+	json_tokener *tok;
+	const char *json;
+	size_t n, pos;
+	struct st_header *h;
+	char *err;
+	bool seen_metadata;
+};
+
+void st_quote(char *out, size_t outlen, const char *s, size_t len)
+{
+	static const size_t shown = 80;
+	size_t o = 0;
+
+	if (outlen == 0)
+		return;
+	for (size_t i = 0; i < len && i < shown && o + 5 < outlen; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x20 && c != 0x7f && c != '\'' && c != '\\')
+			out[o++] = (char)c;
+		else
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+	}
+	if (len > shown && o + 4 < outlen)
+		o += (size_t)snprintf(out + o, outlen - o, "...");
+	out[o < outlen ? o : outlen - 1] = '\0';
+}
+
+static int fail_at(struct parse *p, size_t at, const char *fmt, ...)
+{
+	char what[ST_ERR_LEN - 64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	snprintf(p->err, ST_ERR_LEN, "%s at byte %zu", what, at + 8);
+	return -EINVAL;
+}
+
+static int fail_tensor(struct parse *p, const char *name, size_t len, const char *what)
+{
+	char q[ST_ERR_LEN / 2];
+
+	st_quote(q, sizeof(q), name, len);
+	snprintf(p->err, ST_ERR_LEN, "tensor '%s': %s", q, what);
+	return -EINVAL;
+}
+
+/* Grow `*buf` so that it holds at least `need` elements of `size` bytes. */
+static int reserve(void *buf, size_t *cap, size_t need, size_t size)
+{
+	void **b = buf;
+	size_t c = *cap ? *cap : 16;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	void *nb = realloc(*b, c * size);
+	if (!nb)
+		return -ENOMEM;
+	*b = nb;
+	*cap = c;
+	return 0;
+}
+
+static int push_string(struct st_header *h, const char *s, size_t len, uint32_t *off)
+{
+	/* The arena holds only header bytes, so it stays far below 4 GiB. */
+	if (reserve(&h->strings, &h->cap_strings, h->n_strings + len + 1, 1))
+		return -ENOMEM;
+	memcpy(h->strings + h->n_strings, s, len);
+	h->strings[h->n_strings + len] = '\0';
+	*off = (uint32_t)h->n_strings;
+	h->n_strings += len + 1;
+	return 0;
+}
+
+/* Offset of the first byte that breaks strict UTF-8, or n if none does. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		unsigned c = s[i];
+		size_t len;
+		unsigned min, cp;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if ((c & 0xe0) == 0xc0) {
+			len = 2, min = 0x80, cp = c & 0x1f;
+		} else if ((c & 0xf0) == 0xe0) {
+			len = 3, min = 0x800, cp = c & 0x0f;
+		} else if ((c & 0xf8) == 0xf0) {
+			len = 4, min = 0x10000, cp = c & 0x07;
+		} else {
+			return i;
+		}
+		if (n - i < len)
+			return i;
+		for (size_t k = 1; k < len; k++) {
+			if ((s[i + k] & 0xc0) != 0x80)
+				return i;
+			cp = (cp << 6) | (s[i + k] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return i;
+		i += len;
+	}
+	return n;
+}
+
+/* JSON's four whitespace bytes; the reference accepts them around the object. */
+static void skip_ws(struct parse *p)
+{
+	while (p->pos < p->n) {
+		char c = p->json[p->pos];
+		if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
+			break;
+		p->pos++;
+	}
+}
+
+static int peek(struct parse *p)
+{
+	return p->pos < p->n ? (unsigned char)p->json[p->pos] : -1;
+}
+
+/* One JSON value at the cursor; *out is NULL for `null`. */
+static int parse_value(struct parse *p, json_object **out)
+{
+	size_t at = p->pos;
+	size_t left = p->n - p->pos;
+
+	json_tokener_reset(p->tok);
+	*out = json_tokener_parse_ex(p->tok, p->json + at, (int)left);
+	enum json_tokener_error e = json_tokener_get_error(p->tok);
+	if (e == json_tokener_continue)
+		return fail_at(p, at, "unterminated JSON value");
+	if (e != json_tokener_success)
+		return fail_at(p, at + json_tokener_get_parse_end(p->tok),
+			       "malformed JSON (%s)", json_tokener_error_desc(e));
+	p->pos = at + json_tokener_get_parse_end(p->tok);
+	return 0;
+}
+
+static int parse_string(struct parse *p, const char *what, json_object **out)
+{
+	size_t at = p->pos;
+	int rc = parse_value(p, out);
+
+	if (rc)
+		return rc;
+	if (!*out || json_object_get_type(*out) != json_type_string) {
+		json_object_put(*out);
+		return fail_at(p, at, "%s is not a string", what);
+	}
+	return 0;
+}
+
+typedef int entry_fn(struct parse *p, const char *key, size_t key_len, size_t key_at);
+
+/* Walk `{ "key": value, ... }`, handing each key to `on_entry`, which parses the value. */
+static int walk_object(struct parse *p, entry_fn *on_entry)
+{
+	int rc;
+
+	skip_ws(p);
+	if (peek(p) != '{')
+		return fail_at(p, p->pos, "expected a JSON object");
+	p->pos++;
+	skip_ws(p);
+	if (peek(p) == '}') {
+		p->pos++;
+		return 0;
+	}
+	for (;;) {
+		json_object *key;
+		size_t key_at;
+
+		skip_ws(p);
+		key_at = p->pos;
+		if (peek(p) != '"')
+			return fail_at(p, key_at, "expected a string key");
+		if ((rc = parse_string(p, "key", &key)))
+			return rc;
+		skip_ws(p);
+		if (peek(p) != ':') {
+			json_object_put(key);
+			return fail_at(p, p->pos, "expected ':'");
+		}
+		p->pos++;
+		skip_ws(p);
+		rc = on_entry(p, json_object_get_string(key),
+			      (size_t)json_object_get_string_len(key), key_at);
+		json_object_put(key);
+		if (rc)
+			return rc;
+		skip_ws(p);
+		if (peek(p) == ',') {
+			p->pos++;
+			continue;
+		}
+		if (peek(p) == '}') {
+			p->pos++;
+			return 0;
+		}
+		return fail_at(p, p->pos, "expected ',' or '}'");
+	}
+}
+
+static int on_metadata_entry(struct parse *p, const char *key, size_t key_len, size_t key_at)
+{
+	struct st_header *h = p->h;
+	json_object *value;
+	uint32_t k, v, value_len;
+	int rc;
+
+	(void)key_at;
+	if ((rc = parse_string(p, "__metadata__ value", &value)))
+		return rc;
+	value_len = (uint32_t)json_object_get_string_len(value);
+	rc = push_string(h, key, key_len, &k);
+	if (!rc)
+		rc = push_string(h, json_object_get_string(value), value_len, &v);
+	json_object_put(value);
+	if (rc || reserve(&h->meta, &h->cap_meta, h->n_meta + 1, sizeof(*h->meta)))
+		return -ENOMEM;
+	h->meta[h->n_meta++] = (struct st_meta){k, (uint32_t)key_len, v, value_len};
+	return 0;
+}
+
+static int parse_metadata(struct parse *p, size_t key_at)
+{
+	size_t start = p->pos;
+	int rc;
+
+	if (p->seen_metadata)
+		return fail_at(p, key_at, "duplicate key '__metadata__'");
+	p->seen_metadata = true;
+	if (peek(p) == 'n') {
+		json_object *null;
+		if ((rc = parse_value(p, &null)))
+			return rc;
+		if (null) {
+			json_object_put(null);
+			return fail_at(p, start, "__metadata__ is not an object of strings");
+		}
+		return 0;
+	}
+	if (peek(p) != '{')
+		return fail_at(p, start, "__metadata__ is not an object of strings");
+	if ((rc = walk_object(p, on_metadata_entry)))
+		return rc;
+	free(p->h->metadata_json);
+	p->h->metadata_json = strndup(p->json + start, p->pos - start);
+	p->h->metadata_json_len = p->pos - start;
+	return p->h->metadata_json ? 0 : -ENOMEM;
+}
+
+/* A JSON integer in [0, 2^64-1): json-c saturates larger ones to the maximum. */
+static bool get_u64(json_object *o, uint64_t *out)
+{
+	if (!o || json_object_get_type(o) != json_type_int || json_object_get_int64(o) < 0)
+		return false;
+	*out = json_object_get_uint64(o);
+	return *out != UINT64_MAX;
+}
+
+static int tensor_fields(struct parse *p, json_object *obj, const char *key, size_t key_len,
+			 struct st_tensor *t)
+{
+	struct st_header *h = p->h;
+	json_object *dtype, *shape, *offsets;
+	int d;
+
+	if (!obj || json_object_get_type(obj) != json_type_object)
+		return fail_tensor(p, key, key_len, "entry is not an object");
+	if (!json_object_object_get_ex(obj, "dtype", &dtype))
+		return fail_tensor(p, key, key_len, "missing field 'dtype'");
+	if (!json_object_object_get_ex(obj, "shape", &shape))
+		return fail_tensor(p, key, key_len, "missing field 'shape'");
+	if (!json_object_object_get_ex(obj, "data_offsets", &offsets))
+		return fail_tensor(p, key, key_len, "missing field 'data_offsets'");
+	if (json_object_get_type(dtype) != json_type_string ||
+	    (d = st_dtype_from_name(json_object_get_string(dtype),
+				    (size_t)json_object_get_string_len(dtype))) < 0)
+		return fail_tensor(p, key, key_len, "unknown dtype (names are upper-case, e.g. F32, BF16)");
+	t->dtype = (uint8_t)d;
+	if (json_object_get_type(shape) != json_type_array)
+		return fail_tensor(p, key, key_len, "shape is not an array");
+	t->rank = (uint32_t)json_object_array_length(shape);
+	t->dims = (uint32_t)h->n_dims;
+	if (reserve(&h->dims, &h->cap_dims, h->n_dims + t->rank, sizeof(*h->dims)))
+		return -ENOMEM;
+	for (uint32_t i = 0; i < t->rank; i++)
+		if (!get_u64(json_object_array_get_idx(shape, i), &h->dims[h->n_dims + i]))
+			return fail_tensor(p, key, key_len,
+					   "shape holds something other than a non-negative integer below 2^64-1");
+	h->n_dims += t->rank;
+	if (json_object_get_type(offsets) != json_type_array ||
+	    json_object_array_length(offsets) != 2 ||
+	    !get_u64(json_object_array_get_idx(offsets, 0), &t->begin) ||
+	    !get_u64(json_object_array_get_idx(offsets, 1), &t->end))
+		return fail_tensor(p, key, key_len,
+				   "data_offsets is not [begin,end] of two non-negative integers");
+	return 0;
+}
+
+static int on_top_entry(struct parse *p, const char *key, size_t key_len, size_t key_at)
+{
+	struct st_header *h = p->h;
+	struct st_tensor t = {0};
+	json_object *obj;
+	int rc;
+
+	if (key_len == strlen(METADATA_KEY) && memcmp(key, METADATA_KEY, key_len) == 0)
+		return parse_metadata(p, key_at);
+	if ((rc = parse_value(p, &obj)))
+		return rc;
+	rc = tensor_fields(p, obj, key, key_len, &t);
+	json_object_put(obj);
+	if (rc)
+		return rc;
+	if (h->n_tensors >= UINT32_MAX ||
+	    reserve(&h->tensors, &h->cap_tensors, h->n_tensors + 1, sizeof(*h->tensors)) ||
+	    push_string(h, key, key_len, &t.name))
+		return -ENOMEM;
+	t.name_len = (uint32_t)key_len;
+	h->tensors[h->n_tensors++] = t;
+	return 0;
+}
+
+static int by_key_then_position(const void *a, const void *b, void *strings)
+{
+	const struct st_meta *x = a, *y = b;
+	size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+	int c = memcmp((const char *)strings + x->key, (const char *)strings + y->key, n);
+
+	if (c)
+		return c;
+	if (x->key_len != y->key_len)
+		return x->key_len < y->key_len ? -1 : 1;
+	return x->key < y->key ? -1 : x->key > y->key; /* arena order is header order */
+}
+
+/* A key given twice in __metadata__ keeps its last value, as JSON readers do. */
+static void dedupe_meta(struct st_header *h)
+{
+	size_t kept = 0;
+
+	qsort_r(h->meta, h->n_meta, sizeof(*h->meta), by_key_then_position, h->strings);
+	for (size_t i = 0; i < h->n_meta; i++) {
+		const struct st_meta *m = &h->meta[i], *next = i + 1 < h->n_meta ? m + 1 : NULL;
+		if (next && next->key_len == m->key_len &&
+		    memcmp(h->strings + next->key, h->strings + m->key, m->key_len) == 0)
+			continue;
+		h->meta[kept++] = *m;
+	}
+	h->n_meta = kept;
+}
+
+int st_header_parse_json(const char *json, uint64_t n, uint64_t file_size,
+			 struct st_header *h, char err[ST_ERR_LEN])
+{
+	struct parse p = {.json = json, .n = (size_t)n, .h = h, .err = err};
+	size_t bad;
+	int rc;
+
+	memset(h, 0, sizeof(*h));
+	err[0] = '\0';
+	h->header_len = n;
+	h->data_start = 8 + n;
+	h->file_size = file_size;
+	if ((bad = utf8_invalid_at((const unsigned char *)json, p.n)) != p.n)
+		return fail_at(&p, bad, "header is not valid UTF-8");
+	p.tok = json_tokener_new_ex(JSON_DEPTH);
+	if (!p.tok)
+		return -ENOMEM;
+	json_tokener_set_flags(p.tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
+	rc = walk_object(&p, on_top_entry);
+	json_tokener_free(p.tok);
+	if (!rc) {
+		skip_ws(&p);
+		if (p.pos != p.n)
+			rc = fail_at(&p, p.pos, "trailing bytes after the header's JSON object");
+	}
+	if (!rc)
+		dedupe_meta(h);
+	if (!rc && !h->metadata_json) {
+		h->metadata_json = strdup("{}");
+		h->metadata_json_len = 2;
+		rc = h->metadata_json ? 0 : -ENOMEM;
+	}
+	if (!rc)
+		rc = st_header_validate(h, err);
+	if (rc == -ENOMEM && !err[0])
+		snprintf(err, ST_ERR_LEN, "out of memory while parsing the header");
+	if (rc)
+		st_header_free(h);
+	return rc;
+}
+
+/* The checks that need only the first 8 bytes and the file's size. */
+static int check_preamble(const uint8_t *head, size_t got, uint64_t file_size, uint64_t *n,
+			  char err[ST_ERR_LEN])
+{
+	if (got >= strlen(LFS_MAGIC) && memcmp(head, LFS_MAGIC, strlen(LFS_MAGIC)) == 0) {
+		snprintf(err, ST_ERR_LEN,
+			 "a Git LFS pointer file, not the weights: fetch them with 'git lfs pull'");
+		return -EINVAL;
+	}
+	if (file_size < 8) {
+		snprintf(err, ST_ERR_LEN, "file is %llu bytes, shorter than the 8-byte header length",
+			 (unsigned long long)file_size);
+		return -EINVAL;
+	}
+	*n = 0;
+	for (int i = 7; i >= 0; i--)
+		*n = (*n << 8) | head[i];
+	if (*n > ST_MAX_HEADER_LEN) {
+		snprintf(err, ST_ERR_LEN, "header length %llu at byte 0 exceeds the limit of %llu bytes",
+			 (unsigned long long)*n, ST_MAX_HEADER_LEN);
+		return -EINVAL;
+	}
+	if (*n > file_size - 8) {
+		snprintf(err, ST_ERR_LEN,
+			 "header length %llu at byte 0 runs past the end of the %llu-byte file",
+			 (unsigned long long)*n, (unsigned long long)file_size);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int st_header_parse_buffer(const uint8_t *file, size_t len, struct st_header *h,
+			   char err[ST_ERR_LEN])
+{
+	uint64_t n;
+	int rc;
+
+	memset(h, 0, sizeof(*h));
+	if ((rc = check_preamble(file, len, len, &n, err)))
+		return rc;
+	return st_header_parse_json((const char *)file + 8, n, len, h, err);
+}
+
+static int read_exact(int fd, void *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = pread(fd, (char *)buf + done, len - done, off + (off_t)done);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO;
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
+{
+	uint8_t head[32] = {0};
+	struct stat st;
+	uint64_t n;
+	char *json;
+	int rc;
+
+	memset(h, 0, sizeof(*h));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		snprintf(err, ST_ERR_LEN, "not a regular file");
+		return -EINVAL;
+	}
+	size_t got = (size_t)st.st_size < sizeof(head) ? (size_t)st.st_size : sizeof(head);
+	if ((rc = read_exact(fd, head, got, 0))) {
+		snprintf(err, ST_ERR_LEN, "cannot read: %s", strerror(-rc));
+		return rc;
+	}
+	if ((rc = check_preamble(head, got, (uint64_t)st.st_size, &n, err)))
+		return rc;
+	if (!(json = malloc(n ? n : 1))) {
+		snprintf(err, ST_ERR_LEN, "out of memory for a %llu-byte header", (unsigned long long)n);
+		return -ENOMEM;
+	}
+	if ((rc = read_exact(fd, json, n, 8)))
+		snprintf(err, ST_ERR_LEN, "cannot read the header: %s", strerror(-rc));
+	else
+		rc = st_header_parse_json(json, n, (uint64_t)st.st_size, h, err);
+	free(json);
+	return rc;
+}
+
+void st_header_free(struct st_header *h)
+{
+	free(h->tensors);
+	free(h->dims);
+	free(h->strings);
+	free(h->meta);
+	free(h->metadata_json);
+	memset(h, 0, sizeof(*h));
+}
