@@ -135,6 +135,29 @@ static size_t utf8_invalid_at(const unsigned char *s, size_t n)
 	return n;
 }
 
+/*
+ * Offset of the first raw control byte inside a JSON string, or n.  JSON
+ * forbids them and serde_json refuses them; json-c lets them through.
+ */
+static size_t control_in_string_at(const char *s, size_t n)
+{
+	bool in_string = false;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!in_string) {
+			in_string = c == '"';
+		} else if (c == '\\') {
+			i++;
+		} else if (c == '"') {
+			in_string = false;
+		} else if (c < 0x20) {
+			return i;
+		}
+	}
+	return n;
+}
+
 /* JSON's four whitespace bytes; the reference accepts them around the object. */
 static void skip_ws(struct parse *p)
 {
@@ -399,6 +422,8 @@ int st_header_parse_json(const char *json, uint64_t n, uint64_t file_size,
 	h->file_size = file_size;
 	if ((bad = utf8_invalid_at((const unsigned char *)json, p.n)) != p.n)
 		return fail_at(&p, bad, "header is not valid UTF-8");
+	if ((bad = control_in_string_at(json, p.n)) != p.n)
+		return fail_at(&p, bad, "unescaped control character in a JSON string");
 	p.tok = json_tokener_new_ex(JSON_DEPTH);
 	if (!p.tok)
 		return -ENOMEM;

@@ -1,1 +1,226 @@
-int main(void) { return 0; }
+/*
+ * Unit tests of parser/: every rule on a hand-built file, accepted or refused
+ * with the expected message.  Run from tests/test_parser_c.py.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../parser/header.h"
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                                  \
+	do {                                                                              \
+		if (cond) {                                                               \
+			passed++;                                                         \
+		} else {                                                                  \
+			failed++;                                                         \
+			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
+			fprintf(stderr, __VA_ARGS__);                                     \
+			fputc('\n', stderr);                                              \
+		}                                                                         \
+	} while (0)
+
+/* A file of: 8-byte little-endian length of `json`, `json`, then `data_len` bytes of data. */
+static uint8_t *make_file(const char *json, size_t json_len, size_t data_len, size_t *len)
+{
+	uint8_t *f = calloc(1, 8 + json_len + data_len + 1);
+
+	for (int i = 0; i < 8; i++)
+		f[i] = (uint8_t)((uint64_t)json_len >> (8 * i));
+	memcpy(f + 8, json, json_len);
+	for (size_t i = 0; i < data_len; i++)
+		f[8 + json_len + i] = (uint8_t)i;
+	*len = 8 + json_len + data_len;
+	return f;
+}
+
+static int parse(const char *json, size_t data_len, struct st_header *h, char *err)
+{
+	size_t len;
+	uint8_t *f = make_file(json, strlen(json), data_len, &len);
+	int rc = st_header_parse_buffer(f, len, h, err);
+
+	free(f);
+	return rc;
+}
+
+static void accepts(const char *json, size_t data_len, size_t tensors)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN] = "";
+	int rc = parse(json, data_len, &h, err);
+
+	CHECK(rc == 0, "refused %s: %s", json, err);
+	if (rc == 0) {
+		CHECK(h.n_tensors == tensors, "%s: %zu tensors, want %zu", json, h.n_tensors, tensors);
+		st_header_free(&h);
+	}
+}
+
+static void refuses(const char *json, size_t data_len, const char *reason)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN] = "";
+	int rc = parse(json, data_len, &h, err);
+
+	CHECK(rc < 0, "accepted %s", json);
+	CHECK(strstr(err, reason) != NULL, "%s: error \"%s\" lacks \"%s\"", json, err, reason);
+	CHECK(strchr(err, '\n') == NULL, "error has a newline: %s", err);
+	if (rc == 0)
+		st_header_free(&h);
+}
+
+static void test_records(void)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN];
+	const char *json = "{\"__metadata__\":{\"format\":\"pt\",\"x\":\"1\"},"
+			   "\"b\":{\"dtype\":\"BF16\",\"shape\":[2,3],\"data_offsets\":[16,28],\"extra\":[1]},"
+			   "\"a.w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
+
+	CHECK(parse(json, 28, &h, err) == 0, "refused: %s", err);
+	CHECK(h.n_tensors == 2, "tensors %zu", h.n_tensors);
+	CHECK(h.header_len == strlen(json) && h.data_start == 8 + strlen(json), "lengths");
+	CHECK(h.tensors[0].dtype == ST_BF16 && h.tensors[0].rank == 2, "b dtype/rank");
+	CHECK(h.dims[h.tensors[0].dims] == 2 && h.dims[h.tensors[0].dims + 1] == 3, "b dims");
+	CHECK(h.tensors[0].begin == 16 && h.tensors[0].end == 28, "b offsets");
+	CHECK(strcmp(st_tensor_name(&h, &h.tensors[1]), "a.w") == 0, "name order is header order");
+	CHECK(h.n_meta == 2, "meta count %zu", h.n_meta);
+	CHECK(strcmp(h.metadata_json, "{\"format\":\"pt\",\"x\":\"1\"}") == 0, "metadata json %s",
+	      h.metadata_json);
+	st_header_free(&h);
+}
+
+static void test_names_with_nul_and_escapes(void)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN];
+	const char *json = "{\"a\\u0000b\\n\\u00e9\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+
+	CHECK(parse(json, 1, &h, err) == 0, "refused: %s", err);
+	CHECK(h.n_tensors == 1 && h.tensors[0].name_len == 6, "name length %u", h.tensors[0].name_len);
+	CHECK(memcmp(st_tensor_name(&h, &h.tensors[0]), "a\0b\n\xc3\xa9", 6) == 0, "name bytes");
+	st_header_free(&h);
+}
+
+static void test_duplicate_metadata_keys_keep_last(void)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN];
+
+	CHECK(parse("{\"__metadata__\":{\"k\":\"1\",\"j\":\"2\",\"k\":\"3\"}}", 0, &h, err) == 0, "%s", err);
+	CHECK(h.n_meta == 2, "n_meta %zu", h.n_meta);
+	for (size_t i = 0; i < h.n_meta; i++)
+		if (h.strings[h.meta[i].key] == 'k')
+			CHECK(h.strings[h.meta[i].value] == '3', "kept the first value");
+	st_header_free(&h);
+}
+
+static void test_must_accept(void)
+{
+	accepts("{\"s\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]}}", 8, 1);
+	accepts("{\"e\":{\"dtype\":\"F32\",\"shape\":[2,0],\"data_offsets\":[0,0]}}", 0, 1);
+	accepts("{}        ", 0, 0);
+	accepts("  \n{}\t ", 0, 0);
+	accepts("{\"__metadata__\":{\"a\":\"b\"}}", 0, 0);
+	accepts("{\"__metadata__\":null}", 0, 0);
+	accepts("{\"z1\":{\"dtype\":\"I8\",\"shape\":[0],\"data_offsets\":[0,0]},"
+		"\"z2\":{\"dtype\":\"I8\",\"shape\":[0],\"data_offsets\":[0,0]},"
+		"\"x\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, 3);
+	accepts("{\"f4\":{\"dtype\":\"F4\",\"shape\":[2,3],\"data_offsets\":[0,3]},"
+		"\"f6\":{\"dtype\":\"F6_E2M3\",\"shape\":[4],\"data_offsets\":[3,6]}}", 6, 2);
+	/* Out of order in the header is fine: only the sorted offsets must tile. */
+	accepts("{\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
+		"\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 2, 2);
+	accepts("{\"big\":{\"dtype\":\"U8\",\"shape\":[0,18446744073709551614],\"data_offsets\":[0,0]}}", 0, 1);
+}
+
+static void test_preamble(void)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN];
+	uint8_t small[5] = {1, 0, 0, 0, 0};
+	uint8_t huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	uint8_t big[16] = {0x01, 0xe1, 0xf5, 0x05}; /* 100000001 */
+	uint8_t past[16] = {100};
+	const char *lfs = "version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n";
+
+	CHECK(st_header_parse_buffer(small, sizeof(small), &h, err) < 0 && strstr(err, "shorter than"), "%s", err);
+	CHECK(st_header_parse_buffer(huge, sizeof(huge), &h, err) < 0 && strstr(err, "exceeds the limit"), "%s", err);
+	CHECK(st_header_parse_buffer(big, sizeof(big), &h, err) < 0 && strstr(err, "exceeds the limit"), "%s", err);
+	CHECK(st_header_parse_buffer(past, sizeof(past), &h, err) < 0 && strstr(err, "past the end"), "%s", err);
+	CHECK(st_header_parse_buffer((const uint8_t *)lfs, strlen(lfs), &h, err) < 0 && strstr(err, "Git LFS"),
+	      "%s", err);
+}
+
+static void test_refusals(void)
+{
+	refuses("\xff{}", 0, "not valid UTF-8 at byte 8");
+	refuses("{\"\xc0\x80\":{}}", 0, "not valid UTF-8");
+	refuses("[]", 0, "expected a JSON object at byte 8");
+	refuses("\"x\"", 0, "expected a JSON object");
+	refuses("{} x", 0, "trailing bytes after the header's JSON object at byte 11");
+	refuses("{}{}", 0, "trailing bytes");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},}", 1, "expected a string key");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}", 1, "expected ',' or '}'");
+	refuses("{\"a\" {}}", 0, "expected ':'");
+	refuses("{\"a\":{\"dtype\":\"f32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "unknown dtype");
+	refuses("{\"a\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}", 16, "unknown dtype");
+	refuses("{\"a\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "unknown dtype");
+	refuses("{\"a\":{\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "missing field 'dtype'");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"data_offsets\":[0,1]}}", 1, "missing field 'shape'");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1]}}", 1, "missing field 'data_offsets'");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":5,\"data_offsets\":[0,1]}}", 1, "shape is not an array");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[-1],\"data_offsets\":[0,1]}}", 1, "non-negative integer");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1.0],\"data_offsets\":[0,1]}}", 1, "non-negative integer");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[\"1\"],\"data_offsets\":[0,1]}}", 1, "non-negative integer");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[99999999999999999999],\"data_offsets\":[0,1]}}", 1,
+		"non-negative integer");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0]}}", 1, "data_offsets is not [begin,end]");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1,2]}}", 1, "data_offsets is not");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[-1,0]}}", 1, "data_offsets is not");
+	refuses("{\"a\":[1]}", 0, "tensor 'a': entry is not an object");
+	refuses("{\"a\":null}", 0, "tensor 'a': entry is not an object");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,1]}}", 1,
+		"tensor 'a': data_offsets [0,1] hold 1 bytes but dtype U8 and its shape need 2");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[1,0]}}", 1, "end before they begin");
+	refuses("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,2]}}", 2, "not a whole number of bytes");
+	refuses("{\"a\":{\"dtype\":\"U64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
+		"element count of shape overflows");
+	refuses("{\"a\":{\"dtype\":\"U64\",\"shape\":[4611686018427387904],\"data_offsets\":[0,8]}}", 8,
+		"bit count of shape and dtype overflows");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},"
+		"\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}", 3, "overlap another tensor");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+		"\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}", 3, "leave a gap");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}", 2, "leave a gap");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 2, "trailing bytes after the last tensor");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 1, "the file is truncated");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+		"\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}", 2, "tensor 'a': name appears twice");
+	refuses("{\"__metadata__\":{\"a\":1}}", 0, "__metadata__ value is not a string");
+	refuses("{\"__metadata__\":[\"a\"]}", 0, "__metadata__ is not an object of strings");
+	refuses("{\"__metadata__\":{},\"__metadata__\":{}}", 0, "duplicate key '__metadata__'");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}", 1, "expected ',' or '}'");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,", 0, "unterminated JSON value");
+	refuses("{'a':1}", 0, "expected a string key");
+	refuses("{\"a\":{\"dtype\":\"U8\",\"shape\":[01],\"data_offsets\":[0,1]}}", 1, "malformed JSON");
+	refuses("{\"\x01\":5}", 0, "unescaped control character in a JSON string at byte 10");
+	refuses("{\"a\\\"\x1f\":5}", 0, "unescaped control character");
+	refuses("{\"\\u0001\":5}", 0, "tensor '\\x01': entry is not an object");
+}
+
+int main(void)
+{
+	test_records();
+	test_names_with_nul_and_escapes();
+	test_duplicate_metadata_keys_keep_last();
+	test_must_accept();
+	test_preamble();
+	test_refusals();
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed != 0;
+}
