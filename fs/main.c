@@ -99,8 +99,11 @@ static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *cmd
 		return -ENOMEM;
 	/* One /dev/fuse fd per thread: no contention on a single queue. */
 	fuse_loop_cfg_set_clone_fd(cfg, 1);
-	fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
-	fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
+	/* UINT_MAX means the option was not given: keep libfuse's defaults. */
+	if (cmd->max_idle_threads != UINT_MAX)
+		fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
+	if (cmd->max_threads != UINT_MAX)
+		fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
 	rc = fuse_session_loop_mt(se, cfg);
 	fuse_loop_cfg_destroy(cfg);
 	return rc;

@@ -397,6 +397,8 @@ static void dedupe_meta(struct st_header *h)
 {
 	size_t kept = 0;
 
+	if (h->n_meta < 2)
+		return;
 	qsort_r(h->meta, h->n_meta, sizeof(*h->meta), by_key_then_position, h->strings);
 	for (size_t i = 0; i < h->n_meta; i++) {
 		const struct st_meta *m = &h->meta[i], *next = i + 1 < h->n_meta ? m + 1 : NULL;
