@@ -25,7 +25,7 @@ BINARIES   := $(BUILD)/safetensorsfs $(BUILD)/test_parser
 PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
 	$(VENV)/bin/python -m pytest -q -ra tests
 
-.PHONY: all deps venv test test-asan demo bench install clean
+.PHONY: all deps venv test test-asan demo bench fuzz corpus stress install clean
 
 all: $(BINARIES)
 
@@ -67,9 +67,39 @@ bench: deps
 	@$(MAKE) --no-print-directory all venv
 	scripts/bench/run.sh $(BUILD)/safetensorsfs
 
+# libFuzzer targets (clang): the parser, and the tree/escaping code fed from it.
+# New inputs land in build-fuzz/corpus-*; tests/corpus seeds them.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS    = -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	$(shell pkg-config --cflags json-c)
+FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree
+
+build-fuzz/fuzz_parser: tests/fuzz/fuzz_parser.c $(wildcard parser/*.c parser/*.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
+
+build-fuzz/fuzz_tree: tests/fuzz/fuzz_tree.c fs/tree.c fs/escape.c $(wildcard parser/*.c parser/*.h fs/*.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
+
+fuzz: $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $$t.corpus && \
+		$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -dict=tests/fuzz/safetensors.dict \
+			-artifact_prefix=build-fuzz/ $$t.corpus tests/corpus || exit 1; \
+	done
+
+corpus:
+	$(PYTHON) scripts/make_corpus.py
+
+# 32 readers for 60 s over random tensors, offsets, lengths and mmap, every byte checked.
+stress: deps
+	@$(MAKE) --no-print-directory all venv
+	$(VENV)/bin/python scripts/stress.py --bin $(BUILD)/safetensorsfs --seconds $(or $(STRESS_SECONDS),60)
+
 install: $(BUILD)/safetensorsfs
 	install -D -m 0755 $(BUILD)/safetensorsfs $(DESTDIR)$(PREFIX)/bin/safetensorsfs
 	install -D -m 0644 safetensorsfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/safetensorsfs.1
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -11,8 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Worst case: every byte becomes three. */
-#define ESCAPED_MAX(len) ((len) * 3 + 1)
+/* Worst case: every byte becomes three, or an empty part becomes "%"; plus the NUL. */
+#define ESCAPED_MAX(len) ((len) * 3 + 2)
 
 /* Writes the escaped part into `out` (ESCAPED_MAX(len) bytes) and returns its length. */
 size_t escape_part(char *out, const char *part, size_t len, bool in_root);

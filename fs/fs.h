@@ -26,6 +26,7 @@ struct fs {
 	gid_t gid;
 	const char *mountpoint;
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
+	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */
 };
 
 /* The lowlevel operations (ops.c). */

@@ -85,11 +85,14 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE && fs->opt.splice)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	else
+		conn->want &= ~FUSE_CAP_SPLICE_WRITE;
 	/* More readahead requests in flight keep a sequential reader's pipe full. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
 	if (fs->conn_opts)
 		fuse_apply_conn_info_opts(fs->conn_opts, conn);
+	fs->splice_write = (conn->want & FUSE_CAP_SPLICE_WRITE) != 0;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -224,6 +227,43 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 }
 
+/*
+ * Bytes of the backing file at `pos`.  The check after the read is what keeps
+ * a truncated, rewritten or deleted backing file from ever showing wrong or
+ * short data: writers update mtime before they change bytes.
+ */
+static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct shard *sh,
+			       uint64_t pos, size_t size)
+{
+	char *buf;
+	int rc;
+
+	if (fs->splice_write) {
+		/* Spliced replies cannot be checked after the read; check before. */
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = sh->fd;
+		bv.buf[0].pos = (off_t)pos;
+		if (shard_changed(sh))
+			fuse_reply_err(req, EIO);
+		else
+			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
+	if (!(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = shard_pread(sh, buf, size, pos);
+	if (rc == 0 && shard_changed(sh))
+		rc = -EIO;
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, buf, size);
+	free(buf);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -250,11 +290,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	start = n->kind == NODE_TENSOR ? sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin : 8;
-	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
-	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	bv.buf[0].fd = sh->fd;
-	bv.buf[0].pos = (off_t)(start + (uint64_t)off);
-	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	reply_from_backing(req, fs, sh, start + (uint64_t)off, size);
 }
 
 static void reply_xattr(fuse_req_t req, size_t size, int rc, char *value, size_t len)

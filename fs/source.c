@@ -38,6 +38,7 @@ static int open_shard(const char *path, struct shard *sh, char *err)
 		return rc;
 	}
 	sh->mtime = st.st_mtim;
+	sh->size = st.st_size;
 	sh->path = strdup(path);
 	if (!sh->path) {
 		st_header_free(&sh->hdr);
@@ -133,4 +134,31 @@ void source_close(struct source *src)
 	}
 	free(src->shards);
 	memset(src, 0, sizeof(*src));
+}
+
+int shard_changed(const struct shard *sh)
+{
+	struct stat st;
+
+	if (fstat(sh->fd, &st) < 0)
+		return 1;
+	return st.st_nlink == 0 || st.st_size != sh->size || st.st_mtim.tv_sec != sh->mtime.tv_sec ||
+	       st.st_mtim.tv_nsec != sh->mtime.tv_nsec;
+}
+
+int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t r = pread(sh->fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO;
+		done += (size_t)r;
+	}
+	return 0;
 }

@@ -24,20 +24,29 @@ static uint64_t hash_key(uint32_t parent, const char *name, size_t len)
 	return h ^ (h >> 29);
 }
 
+/* A slot holds the key's 32-bit hash tag above node index + 1, so probes rarely touch nodes. */
+static uint64_t slot_value(uint64_t hash, size_t node)
+{
+	return (hash >> 32) << 32 | (uint64_t)(node + 1);
+}
+
 /* The node's index, or -1 with *slot set to where it would go. */
 static long find(const struct tree *t, uint32_t parent, const char *name, size_t len, size_t *slot)
 {
 	size_t mask = t->n_slots - 1;
+	uint64_t hash = hash_key(parent, name, len);
 
-	for (size_t i = hash_key(parent, name, len) & mask;; i = (i + 1) & mask) {
-		uint32_t v = t->slots[i];
+	for (size_t i = hash & mask;; i = (i + 1) & mask) {
+		uint64_t v = t->slots[i];
 		if (v == 0) {
 			*slot = i;
 			return -1;
 		}
-		const struct node *n = &t->nodes[v - 1];
+		if (v >> 32 != hash >> 32)
+			continue;
+		const struct node *n = &t->nodes[(uint32_t)v - 1];
 		if (n->parent == parent && n->name_len == len && memcmp(t->names + n->name, name, len) == 0)
-			return v - 1;
+			return (long)(uint32_t)v - 1;
 	}
 }
 
@@ -52,7 +61,7 @@ long tree_lookup(const struct tree *t, uint32_t parent, const char *name, size_t
 static int grow_slots(struct tree *t)
 {
 	size_t n = t->n_slots ? t->n_slots * 2 : 1024;
-	uint32_t *old = t->slots;
+	uint64_t *old = t->slots;
 	size_t old_n = t->n_slots, slot;
 
 	if (!(t->slots = calloc(n, sizeof(*t->slots)))) {
@@ -63,7 +72,7 @@ static int grow_slots(struct tree *t)
 	for (size_t i = 0; i < old_n; i++) {
 		if (!old[i])
 			continue;
-		const struct node *nd = &t->nodes[old[i] - 1];
+		const struct node *nd = &t->nodes[(uint32_t)old[i] - 1];
 		find(t, nd->parent, t->names + nd->name, nd->name_len, &slot);
 		t->slots[slot] = old[i];
 	}
@@ -107,7 +116,7 @@ static long add_node(struct tree *t, uint32_t parent, const char *name, size_t l
 			   .kind = (uint8_t)kind};
 	t->n_names += len + 1;
 	if (find(t, parent, name, len, &slot) < 0)
-		t->slots[slot] = (uint32_t)(t->n_nodes + 1);
+		t->slots[slot] = slot_value(hash_key(parent, name, len), t->n_nodes);
 	return (long)t->n_nodes++;
 }
 
@@ -120,23 +129,78 @@ static long dir_for(struct tree *t, uint32_t parent, const char *part, size_t le
 	return i >= 0 ? i : add_node(t, parent, scratch, elen, NODE_DIR);
 }
 
+/*
+ * The parts of the previous tensor's name and their directories.  Names in a
+ * header come sorted, so most share their leading parts with the one before:
+ * those directories are reused without a lookup.
+ */
+struct prefix {
+	const char *name;
+	size_t depth, cap;
+	size_t *ends;   /* where part d of `name` ends (at a '.') */
+	uint32_t *dirs; /* the directory that part d names */
+};
+
+static int remember(struct prefix *p, size_t d, size_t end, uint32_t dir)
+{
+	if (d >= p->cap) {
+		size_t cap = p->cap ? p->cap * 2 : 16;
+		size_t *ends = realloc(p->ends, cap * sizeof(*ends));
+		if (!ends)
+			return -ENOMEM;
+		p->ends = ends;
+		uint32_t *dirs = realloc(p->dirs, cap * sizeof(*dirs));
+		if (!dirs)
+			return -ENOMEM;
+		p->dirs = dirs;
+		p->cap = cap;
+	}
+	p->ends[d] = end;
+	p->dirs[d] = dir;
+	return 0;
+}
+
+/* The directory that holds a tensor called `name`, made (with its parents) where missing. */
+static long parent_dir(struct tree *t, struct prefix *p, const char *name, size_t len, char *scratch)
+{
+	size_t d = 0, start = 0;
+	int same = 1;
+	const char *dot;
+	long dir = 0;
+
+	for (; (dot = memchr(name + start, '.', len - start)); d++, start = (size_t)(dot - name) + 1) {
+		size_t end = (size_t)(dot - name);
+		same = same && d < p->depth && p->ends[d] == end &&
+		       memcmp(name + start, p->name + start, end - start) == 0;
+		if (same)
+			dir = p->dirs[d];
+		else if ((dir = dir_for(t, (uint32_t)dir, name + start, end - start, scratch)) < 0 ||
+			 remember(p, d, end, (uint32_t)dir) < 0)
+			return dir < 0 ? dir : -ENOMEM;
+	}
+	p->name = name;
+	p->depth = d;
+	return dir;
+}
+
 /* Pass 1: the directories of every tensor's name; remembers each tensor's parent. */
 static int make_dirs(struct tree *t, const struct st_header *h, enum layout layout,
 		     uint32_t *parents, char *scratch)
 {
-	for (size_t i = 0; i < h->n_tensors; i++) {
-		const char *name = st_tensor_name(h, &h->tensors[i]);
-		const char *end = name + h->tensors[i].name_len, *dot;
-		long dir = 0;
+	struct prefix p = {0};
+	int rc = 0;
 
-		while (layout == LAYOUT_TREE && (dot = memchr(name, '.', (size_t)(end - name)))) {
-			if ((dir = dir_for(t, (uint32_t)dir, name, (size_t)(dot - name), scratch)) < 0)
-				return (int)dir;
-			name = dot + 1;
-		}
-		parents[i] = (uint32_t)dir;
+	for (size_t i = 0; i < h->n_tensors && !rc; i++) {
+		long dir = layout == LAYOUT_FLAT ? 0 :
+			parent_dir(t, &p, st_tensor_name(h, &h->tensors[i]), h->tensors[i].name_len, scratch);
+		if (dir < 0)
+			rc = (int)dir;
+		else
+			parents[i] = (uint32_t)dir;
 	}
-	return 0;
+	free(p.ends);
+	free(p.dirs);
+	return rc;
 }
 
 /* Pass 2: one file per tensor, renamed with COLLISION_SUFFIX where a directory took its name. */
@@ -195,7 +259,7 @@ static int link_children(struct tree *t)
 
 static int build(struct tree *t, const struct source *src, enum layout layout)
 {
-	size_t max_name = 0, max_tensors = 0;
+	size_t max_name = 0, total = 0;
 	uint32_t *parents;
 	char *scratch;
 	int rc = 0;
@@ -205,11 +269,10 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 		for (size_t i = 0; i < h->n_tensors; i++)
 			if (h->tensors[i].name_len > max_name)
 				max_name = h->tensors[i].name_len;
-		if (h->n_tensors > max_tensors)
-			max_tensors = h->n_tensors;
+		total += h->n_tensors;
 	}
 	scratch = malloc(ESCAPED_MAX(max_name) + sizeof(COLLISION_SUFFIX));
-	parents = malloc((max_tensors ? max_tensors : 1) * sizeof(*parents));
+	parents = malloc((total ? total : 1) * sizeof(*parents));
 	if (!scratch || !parents || add_node(t, 0, "", 0, NODE_DIR) < 0)
 		rc = -ENOMEM;
 	for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved) && !rc; i++)
@@ -217,13 +280,10 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 			     i == 0 ? NODE_HEADER_JSON : NODE_METADATA_JSON) < 0)
 			rc = -ENOMEM;
 	/* All directories first, so a tensor file never takes a name a directory needs. */
-	for (size_t s = 0; s < src->n_shards && !rc; s++)
-		rc = make_dirs(t, &src->shards[s].hdr, layout, parents, scratch);
-	for (size_t s = 0; s < src->n_shards && !rc; s++) {
-		rc = make_dirs(t, &src->shards[s].hdr, layout, parents, scratch);
-		if (!rc)
-			rc = make_files(t, &src->shards[s].hdr, (uint32_t)s, parents, scratch);
-	}
+	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
+		rc = make_dirs(t, &src->shards[s].hdr, layout, parents + first, scratch);
+	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
+		rc = make_files(t, &src->shards[s].hdr, (uint32_t)s, parents + first, scratch);
 	if (!rc)
 		rc = link_children(t);
 	free(scratch);

@@ -39,7 +39,7 @@ struct tree {
 	char *names;
 	size_t n_names, cap_names;
 	uint32_t *children;
-	uint32_t *slots; /* open addressing on (parent, name): node index + 1, 0 = empty */
+	uint64_t *slots; /* open addressing on (parent, name): hash tag and node index + 1; 0 = empty */
 	size_t n_slots;
 };
 

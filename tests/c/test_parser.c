@@ -2,10 +2,12 @@
  * Unit tests of parser/: every rule on a hand-built file, accepted or refused
  * with the expected message.  Run from tests/test_parser_c.py.
  */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../parser/header.h"
 
@@ -213,8 +215,33 @@ static void test_refusals(void)
 	refuses("{\"\\u0001\":5}", 0, "tensor '\\x01': entry is not an object");
 }
 
-int main(void)
+/* `test_parser FILE...`: parse each file as the daemon would and print one line for it. */
+static int check_files(int n, char **files)
 {
+	for (int i = 0; i < n; i++) {
+		struct st_header h;
+		char err[ST_ERR_LEN] = "";
+		int fd = open(files[i], O_RDONLY);
+
+		if (fd < 0) {
+			printf("%s: cannot open\n", files[i]);
+			continue;
+		}
+		if (st_header_read_fd(fd, &h, err) == 0) {
+			printf("%s: ok, %zu tensors\n", files[i], h.n_tensors);
+			st_header_free(&h);
+		} else {
+			printf("%s: refused: %s\n", files[i], err);
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		return check_files(argc - 1, argv + 1);
 	test_records();
 	test_names_with_nul_and_escapes();
 	test_duplicate_metadata_keys_keep_last();
