@@ -6,6 +6,8 @@
  */
 #include "header.h"
 
+#include "json_walk.h"
+
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -18,16 +20,17 @@
 
 #define METADATA_KEY "__metadata__"
 #define LFS_MAGIC "version https://git-lfs"
-#define JSON_DEPTH 64
 
-struct parse {
-	json_tokener *tok;
-	const char *json;
-	size_t n, pos;
+/* The header parser's state, reached from the walker's callbacks. */
+struct header_parse {
 	struct st_header *h;
-	char *err;
 	bool seen_metadata;
 };
+
+static struct header_parse *hp(struct jw *w)
+{
+	return w->ctx;
+}
 
 void st_quote(char *out, size_t outlen, const char *s, size_t len)
 {
@@ -48,19 +51,7 @@ void st_quote(char *out, size_t outlen, const char *s, size_t len)
 	out[o < outlen ? o : outlen - 1] = '\0';
 }
 
-static int fail_at(struct parse *p, size_t at, const char *fmt, ...)
-{
-	char what[ST_ERR_LEN - 64];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof(what), fmt, ap);
-	va_end(ap);
-	snprintf(p->err, ST_ERR_LEN, "%s at byte %zu", what, at + 8);
-	return -EINVAL;
-}
-
-static int fail_tensor(struct parse *p, const char *name, size_t len, const char *what)
+static int fail_tensor(struct jw *p, const char *name, size_t len, const char *what)
 {
 	char q[ST_ERR_LEN / 2];
 
@@ -69,28 +60,10 @@ static int fail_tensor(struct parse *p, const char *name, size_t len, const char
 	return -EINVAL;
 }
 
-/* Grow `*buf` so that it holds at least `need` elements of `size` bytes. */
-static int reserve(void *buf, size_t *cap, size_t need, size_t size)
-{
-	void **b = buf;
-	size_t c = *cap ? *cap : 16;
-
-	if (need <= *cap)
-		return 0;
-	while (c < need)
-		c *= 2;
-	void *nb = realloc(*b, c * size);
-	if (!nb)
-		return -ENOMEM;
-	*b = nb;
-	*cap = c;
-	return 0;
-}
-
 static int push_string(struct st_header *h, const char *s, size_t len, uint32_t *off)
 {
 	/* The arena holds only header bytes, so it stays far below 4 GiB. */
-	if (reserve(&h->strings, &h->cap_strings, h->n_strings + len + 1, 1))
+	if (st_reserve(&h->strings, &h->cap_strings, h->n_strings + len + 1, 1))
 		return -ENOMEM;
 	memcpy(h->strings + h->n_strings, s, len);
 	h->strings[h->n_strings + len] = '\0';
@@ -99,211 +72,53 @@ static int push_string(struct st_header *h, const char *s, size_t len, uint32_t 
 	return 0;
 }
 
-/* Offset of the first byte that breaks strict UTF-8, or n if none does. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t n)
+static int on_metadata_entry(struct jw *p, const char *key, size_t key_len, size_t key_at)
 {
-	size_t i = 0;
-
-	while (i < n) {
-		unsigned c = s[i];
-		size_t len;
-		unsigned min, cp;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		} else if ((c & 0xe0) == 0xc0) {
-			len = 2, min = 0x80, cp = c & 0x1f;
-		} else if ((c & 0xf0) == 0xe0) {
-			len = 3, min = 0x800, cp = c & 0x0f;
-		} else if ((c & 0xf8) == 0xf0) {
-			len = 4, min = 0x10000, cp = c & 0x07;
-		} else {
-			return i;
-		}
-		if (n - i < len)
-			return i;
-		for (size_t k = 1; k < len; k++) {
-			if ((s[i + k] & 0xc0) != 0x80)
-				return i;
-			cp = (cp << 6) | (s[i + k] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return i;
-		i += len;
-	}
-	return n;
-}
-
-/*
- * Offset of the first raw control byte inside a JSON string, or n.  JSON
- * forbids them and serde_json refuses them; json-c lets them through.
- */
-static size_t control_in_string_at(const char *s, size_t n)
-{
-	bool in_string = false;
-
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (!in_string) {
-			in_string = c == '"';
-		} else if (c == '\\') {
-			i++;
-		} else if (c == '"') {
-			in_string = false;
-		} else if (c < 0x20) {
-			return i;
-		}
-	}
-	return n;
-}
-
-/* JSON's four whitespace bytes; the reference accepts them around the object. */
-static void skip_ws(struct parse *p)
-{
-	while (p->pos < p->n) {
-		char c = p->json[p->pos];
-		if (c != ' ' && c != '\t' && c != '\r' && c != '\n')
-			break;
-		p->pos++;
-	}
-}
-
-static int peek(struct parse *p)
-{
-	return p->pos < p->n ? (unsigned char)p->json[p->pos] : -1;
-}
-
-/* One JSON value at the cursor; *out is NULL for `null`. */
-static int parse_value(struct parse *p, json_object **out)
-{
-	size_t at = p->pos;
-	size_t left = p->n - p->pos;
-
-	json_tokener_reset(p->tok);
-	*out = json_tokener_parse_ex(p->tok, p->json + at, (int)left);
-	enum json_tokener_error e = json_tokener_get_error(p->tok);
-	if (e == json_tokener_continue)
-		return fail_at(p, at, "unterminated JSON value");
-	if (e != json_tokener_success)
-		return fail_at(p, at + json_tokener_get_parse_end(p->tok),
-			       "malformed JSON (%s)", json_tokener_error_desc(e));
-	p->pos = at + json_tokener_get_parse_end(p->tok);
-	return 0;
-}
-
-static int parse_string(struct parse *p, const char *what, json_object **out)
-{
-	size_t at = p->pos;
-	int rc = parse_value(p, out);
-
-	if (rc)
-		return rc;
-	if (!*out || json_object_get_type(*out) != json_type_string) {
-		json_object_put(*out);
-		return fail_at(p, at, "%s is not a string", what);
-	}
-	return 0;
-}
-
-typedef int entry_fn(struct parse *p, const char *key, size_t key_len, size_t key_at);
-
-/* Walk `{ "key": value, ... }`, handing each key to `on_entry`, which parses the value. */
-static int walk_object(struct parse *p, entry_fn *on_entry)
-{
-	int rc;
-
-	skip_ws(p);
-	if (peek(p) != '{')
-		return fail_at(p, p->pos, "expected a JSON object");
-	p->pos++;
-	skip_ws(p);
-	if (peek(p) == '}') {
-		p->pos++;
-		return 0;
-	}
-	for (;;) {
-		json_object *key;
-		size_t key_at;
-
-		skip_ws(p);
-		key_at = p->pos;
-		if (peek(p) != '"')
-			return fail_at(p, key_at, "expected a string key");
-		if ((rc = parse_string(p, "key", &key)))
-			return rc;
-		skip_ws(p);
-		if (peek(p) != ':') {
-			json_object_put(key);
-			return fail_at(p, p->pos, "expected ':'");
-		}
-		p->pos++;
-		skip_ws(p);
-		rc = on_entry(p, json_object_get_string(key),
-			      (size_t)json_object_get_string_len(key), key_at);
-		json_object_put(key);
-		if (rc)
-			return rc;
-		skip_ws(p);
-		if (peek(p) == ',') {
-			p->pos++;
-			continue;
-		}
-		if (peek(p) == '}') {
-			p->pos++;
-			return 0;
-		}
-		return fail_at(p, p->pos, "expected ',' or '}'");
-	}
-}
-
-static int on_metadata_entry(struct parse *p, const char *key, size_t key_len, size_t key_at)
-{
-	struct st_header *h = p->h;
+	struct st_header *h = hp(p)->h;
 	json_object *value;
 	uint32_t k, v, value_len;
 	int rc;
 
 	(void)key_at;
-	if ((rc = parse_string(p, "__metadata__ value", &value)))
+	if ((rc = jw_string(p, "__metadata__ value", &value)))
 		return rc;
 	value_len = (uint32_t)json_object_get_string_len(value);
 	rc = push_string(h, key, key_len, &k);
 	if (!rc)
 		rc = push_string(h, json_object_get_string(value), value_len, &v);
 	json_object_put(value);
-	if (rc || reserve(&h->meta, &h->cap_meta, h->n_meta + 1, sizeof(*h->meta)))
+	if (rc || st_reserve(&h->meta, &h->cap_meta, h->n_meta + 1, sizeof(*h->meta)))
 		return -ENOMEM;
 	h->meta[h->n_meta++] = (struct st_meta){k, (uint32_t)key_len, v, value_len};
 	return 0;
 }
 
-static int parse_metadata(struct parse *p, size_t key_at)
+static int parse_metadata(struct jw *p, size_t key_at)
 {
 	size_t start = p->pos;
 	int rc;
 
-	if (p->seen_metadata)
-		return fail_at(p, key_at, "duplicate key '__metadata__'");
-	p->seen_metadata = true;
-	if (peek(p) == 'n') {
+	if (hp(p)->seen_metadata)
+		return jw_fail(p, key_at, "duplicate key '__metadata__'");
+	hp(p)->seen_metadata = true;
+	if (jw_peek(p) == 'n') {
 		json_object *null;
-		if ((rc = parse_value(p, &null)))
+		if ((rc = jw_value(p, &null)))
 			return rc;
 		if (null) {
 			json_object_put(null);
-			return fail_at(p, start, "__metadata__ is not an object of strings");
+			return jw_fail(p, start, "__metadata__ is not an object of strings");
 		}
 		return 0;
 	}
-	if (peek(p) != '{')
-		return fail_at(p, start, "__metadata__ is not an object of strings");
-	if ((rc = walk_object(p, on_metadata_entry)))
+	if (jw_peek(p) != '{')
+		return jw_fail(p, start, "__metadata__ is not an object of strings");
+	if ((rc = jw_object(p, on_metadata_entry)))
 		return rc;
-	free(p->h->metadata_json);
-	p->h->metadata_json = strndup(p->json + start, p->pos - start);
-	p->h->metadata_json_len = p->pos - start;
-	return p->h->metadata_json ? 0 : -ENOMEM;
+	free(hp(p)->h->metadata_json);
+	hp(p)->h->metadata_json = strndup(p->json + start, p->pos - start);
+	hp(p)->h->metadata_json_len = p->pos - start;
+	return hp(p)->h->metadata_json ? 0 : -ENOMEM;
 }
 
 /* A JSON integer in [0, 2^64-1): json-c saturates larger ones to the maximum. */
@@ -315,10 +130,10 @@ static bool get_u64(json_object *o, uint64_t *out)
 	return *out != UINT64_MAX;
 }
 
-static int tensor_fields(struct parse *p, json_object *obj, const char *key, size_t key_len,
+static int tensor_fields(struct jw *p, json_object *obj, const char *key, size_t key_len,
 			 struct st_tensor *t)
 {
-	struct st_header *h = p->h;
+	struct st_header *h = hp(p)->h;
 	json_object *dtype, *shape, *offsets;
 	int d;
 
@@ -339,7 +154,7 @@ static int tensor_fields(struct parse *p, json_object *obj, const char *key, siz
 		return fail_tensor(p, key, key_len, "shape is not an array");
 	t->rank = (uint32_t)json_object_array_length(shape);
 	t->dims = (uint32_t)h->n_dims;
-	if (reserve(&h->dims, &h->cap_dims, h->n_dims + t->rank, sizeof(*h->dims)))
+	if (st_reserve(&h->dims, &h->cap_dims, h->n_dims + t->rank, sizeof(*h->dims)))
 		return -ENOMEM;
 	for (uint32_t i = 0; i < t->rank; i++)
 		if (!get_u64(json_object_array_get_idx(shape, i), &h->dims[h->n_dims + i]))
@@ -355,23 +170,23 @@ static int tensor_fields(struct parse *p, json_object *obj, const char *key, siz
 	return 0;
 }
 
-static int on_top_entry(struct parse *p, const char *key, size_t key_len, size_t key_at)
+static int on_top_entry(struct jw *p, const char *key, size_t key_len, size_t key_at)
 {
-	struct st_header *h = p->h;
+	struct st_header *h = hp(p)->h;
 	struct st_tensor t = {0};
 	json_object *obj;
 	int rc;
 
 	if (key_len == strlen(METADATA_KEY) && memcmp(key, METADATA_KEY, key_len) == 0)
 		return parse_metadata(p, key_at);
-	if ((rc = parse_value(p, &obj)))
+	if ((rc = jw_value(p, &obj)))
 		return rc;
 	rc = tensor_fields(p, obj, key, key_len, &t);
 	json_object_put(obj);
 	if (rc)
 		return rc;
 	if (h->n_tensors >= UINT32_MAX ||
-	    reserve(&h->tensors, &h->cap_tensors, h->n_tensors + 1, sizeof(*h->tensors)) ||
+	    st_reserve(&h->tensors, &h->cap_tensors, h->n_tensors + 1, sizeof(*h->tensors)) ||
 	    push_string(h, key, key_len, &t.name))
 		return -ENOMEM;
 	t.name_len = (uint32_t)key_len;
@@ -413,30 +228,20 @@ static void dedupe_meta(struct st_header *h)
 int st_header_parse_json(const char *json, uint64_t n, uint64_t file_size,
 			 struct st_header *h, char err[ST_ERR_LEN])
 {
-	struct parse p = {.json = json, .n = (size_t)n, .h = h, .err = err};
-	size_t bad;
+	struct header_parse hp = {.h = h};
+	struct jw w;
 	int rc;
 
 	memset(h, 0, sizeof(*h));
-	err[0] = '\0';
 	h->header_len = n;
 	h->data_start = 8 + n;
 	h->file_size = file_size;
-	if ((bad = utf8_invalid_at((const unsigned char *)json, p.n)) != p.n)
-		return fail_at(&p, bad, "header is not valid UTF-8");
-	if ((bad = control_in_string_at(json, p.n)) != p.n)
-		return fail_at(&p, bad, "unescaped control character in a JSON string");
-	p.tok = json_tokener_new_ex(JSON_DEPTH);
-	if (!p.tok)
-		return -ENOMEM;
-	json_tokener_set_flags(p.tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
-	rc = walk_object(&p, on_top_entry);
-	json_tokener_free(p.tok);
-	if (!rc) {
-		skip_ws(&p);
-		if (p.pos != p.n)
-			rc = fail_at(&p, p.pos, "trailing bytes after the header's JSON object");
-	}
+	rc = jw_init(&w, "header", json, (size_t)n, 8, err, &hp);
+	if (!rc)
+		rc = jw_object(&w, on_top_entry);
+	if (!rc)
+		rc = jw_end(&w);
+	jw_fini(&w);
 	if (!rc)
 		dedupe_meta(h);
 	if (!rc && !h->metadata_json) {
