@@ -32,7 +32,7 @@ static const struct fuse_opt option_spec[] = {
 static void usage(const char *prog)
 {
 	printf("usage: %s [options] SOURCE MOUNTPOINT\n\n"
-	       "Mounts a .safetensors file as a read-only tree of tensor files.\n\n"
+	       "Mounts a .safetensors file, a shard index or a folder of shards as a read-only\ntree of tensor files.\n\n"
 	       "safetensorsfs options:\n"
 	       "    -o layout=tree|flat    tensor a.b.c as a/b/c (tree, default) or as one file\n"
 	       "                           named a.b.c in the root (flat)\n"
@@ -163,6 +163,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return fail("layout", "must be tree or flat");
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
+	if (fs->src.warning)
+		fprintf(stderr, "safetensorsfs: %s: %s\n", fs->opt.source, fs->src.warning);
 	if (tree_build(&fs->tree, &fs->src, fs->layout, err, sizeof(err)) < 0)
 		return fail(fs->opt.source, err);
 	abs = realpath(fs->opt.source, NULL);

@@ -35,6 +35,16 @@ static const struct shard *shard_of(const struct fs *fs, const struct node *n)
 	return &fs->src.shards[n->kind == NODE_TENSOR ? n->tensor.shard : 0];
 }
 
+/* One shard's header as stored, or {"label":header,...} for several (source.h). */
+static uint64_t header_json_size(const struct source *src)
+{
+	uint64_t size = 0;
+
+	for (size_t i = 0; i < src->n_shards; i++)
+		size += src->shards[i].hdr.header_len + (src->glue ? strlen(src->glue[i]) : 0);
+	return size + (src->glue ? strlen(src->glue[src->n_shards]) : 0);
+}
+
 static uint64_t node_size(const struct fs *fs, const struct node *n)
 {
 	const struct st_header *h = &shard_of(fs, n)->hdr;
@@ -43,9 +53,9 @@ static uint64_t node_size(const struct fs *fs, const struct node *n)
 	case NODE_TENSOR:
 		return st_tensor_nbytes(&h->tensors[n->tensor.index]);
 	case NODE_HEADER_JSON:
-		return h->header_len;
+		return header_json_size(&fs->src);
 	case NODE_METADATA_JSON:
-		return h->metadata_json_len;
+		return fs->src.metadata.json_len;
 	default:
 		return BLOCK;
 	}
@@ -264,6 +274,46 @@ static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct
 	free(buf);
 }
 
+/* Copies the part of [at, at+len) of one piece that overlaps the request [off, off+size). */
+static int copy_piece(char *buf, uint64_t off, size_t size, uint64_t at, uint64_t len,
+		      const char *mem, const struct shard *sh)
+{
+	uint64_t from = off > at ? off : at, to = off + size < at + len ? off + size : at + len;
+
+	if (from >= to)
+		return 0;
+	if (mem) {
+		memcpy(buf + (from - off), mem + (from - at), to - from);
+		return 0;
+	}
+	return shard_pread(sh, buf + (from - off), to - from, 8 + (from - at));
+}
+
+static void reply_header_json(fuse_req_t req, const struct source *src, uint64_t off, size_t size)
+{
+	char *buf = malloc(size ? size : 1);
+	uint64_t at = 0;
+	int rc = buf ? 0 : -ENOMEM;
+
+	for (size_t i = 0; i <= src->n_shards && !rc; i++) {
+		size_t glen = strlen(src->glue[i]);
+		rc = copy_piece(buf, off, size, at, glen, src->glue[i], NULL);
+		at += glen;
+		if (i < src->n_shards && !rc) {
+			const struct shard *sh = &src->shards[i];
+			rc = copy_piece(buf, off, size, at, sh->hdr.header_len, NULL, sh);
+			if (!rc && shard_changed(sh))
+				rc = -EIO;
+			at += sh->hdr.header_len;
+		}
+	}
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, buf, size);
+	free(buf);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -286,7 +336,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (size > total - (uint64_t)off)
 		size = (size_t)(total - (uint64_t)off);
 	if (n->kind == NODE_METADATA_JSON) {
-		fuse_reply_buf(req, sh->hdr.metadata_json + off, size);
+		fuse_reply_buf(req, fs->src.metadata.json + off, size);
+		return;
+	}
+	if (n->kind == NODE_HEADER_JSON && fs->src.glue) {
+		reply_header_json(req, &fs->src, (uint64_t)off, size);
 		return;
 	}
 	start = n->kind == NODE_TENSOR ? sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin : 8;

@@ -1,13 +1,29 @@
+/*
+ * Finding SOURCE's shards (a file, an index, a folder of shards, or a
+ * diffusers-style folder of such folders), then opening and parsing them,
+ * in parallel where there are several.
+ */
 #include "source.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "checks.h"
+
+#define INDEX_SUFFIX ".safetensors.index.json"
+#define SHARD_SUFFIX ".safetensors"
+/* Descriptors kept free for libfuse: /dev/fuse, one clone per worker thread, stdio. */
+#define FD_RESERVE 64
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -16,123 +32,366 @@ static int ends_with(const char *s, const char *suffix)
 	return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static int open_shard(const char *path, struct shard *sh, char *err)
+static int fail(char *err, int rc, const char *fmt, const char *a, const char *b)
+{
+	snprintf(err, ST_ERR_LEN, fmt, a, b);
+	return rc;
+}
+
+static int add_shard(struct source *src, const char *dir, const char *file, size_t component)
+{
+	const struct component *c = &src->components[component];
+	struct shard *sh;
+
+	if (st_reserve(&src->shards, &src->cap_shards, src->n_shards + 1, sizeof(*src->shards)))
+		return -ENOMEM;
+	sh = &src->shards[src->n_shards];
+	*sh = (struct shard){.fd = -1, .component = (uint32_t)component};
+	if (asprintf(&sh->path, "%s/%s", dir, file) < 0)
+		return -ENOMEM;
+	if ((c->name[0] ? asprintf(&sh->label, "%s/%s", c->name, file) : asprintf(&sh->label, "%s", file)) < 0) {
+		free(sh->path);
+		return -ENOMEM;
+	}
+	src->n_shards++;
+	return 0;
+}
+
+static long add_component(struct source *src, const char *name, const char *dir)
+{
+	struct component *c;
+
+	if (st_reserve(&src->components, &src->cap_components, src->n_components + 1, sizeof(*c)))
+		return -ENOMEM;
+	c = &src->components[src->n_components];
+	*c = (struct component){.name = strdup(name), .dir = strdup(dir), .first = src->n_shards};
+	if (!c->name || !c->dir) {
+		free(c->name);
+		free(c->dir);
+		return -ENOMEM;
+	}
+	return (long)src->n_components++;
+}
+
+/* The index's shards, in the index's (sorted) file order. */
+static int load_index(struct source *src, const char *index_path, size_t component, char *err)
+{
+	struct component *c = &src->components[component];
+	int fd = open(index_path, O_RDONLY | O_CLOEXEC), rc;
+
+	if (fd < 0)
+		return fail(err, -errno, "%s: %s", index_path, strerror(errno));
+	rc = st_index_read_fd(fd, &c->ix, err);
+	close(fd);
+	if (rc)
+		return rc;
+	c->has_index = true;
+	for (size_t i = 0; i < c->ix.n_files && !rc; i++)
+		rc = add_shard(src, c->dir, c->ix.strings + c->ix.files[i].name, component);
+	return rc;
+}
+
+static int by_string(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names in `dir` ending in `suffix` (regular files), or its subdirectories when suffix is NULL. */
+static int list_dir(const char *dir, const char *suffix, char ***names, size_t *n)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	size_t cap = 0;
+
+	*names = NULL;
+	*n = 0;
+	if (!d)
+		return -errno;
+	while ((e = readdir(d))) {
+		struct stat st;
+		char *p;
+		if (e->d_name[0] == '.' || (suffix && !ends_with(e->d_name, suffix)) ||
+		    (suffix && strcmp(suffix, SHARD_SUFFIX) == 0 && ends_with(e->d_name, INDEX_SUFFIX)))
+			continue;
+		if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
+			break;
+		int ok = stat(p, &st) == 0 && (suffix ? S_ISREG(st.st_mode) : S_ISDIR(st.st_mode));
+		free(p);
+		if (!ok)
+			continue;
+		if (st_reserve(names, &cap, *n + 1, sizeof(**names)) || !((*names)[*n] = strdup(e->d_name)))
+			break;
+		(*n)++;
+	}
+	closedir(d);
+	qsort(*names, *n, sizeof(**names), by_string);
+	return 0;
+}
+
+static void free_list(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+/* A folder's weights: its one index, else all its .safetensors files. Returns 1 if it has none. */
+static int load_folder(struct source *src, const char *dir, const char *name, char *err)
+{
+	char **idx, **files;
+	size_t n_idx, n_files;
+	long c;
+	int rc;
+
+	if ((rc = list_dir(dir, INDEX_SUFFIX, &idx, &n_idx)) < 0)
+		return fail(err, rc, "%s: %s", dir, strerror(-rc));
+	list_dir(dir, SHARD_SUFFIX, &files, &n_files);
+	if (n_idx > 1)
+		rc = fail(err, -EINVAL, "%s holds several indexes (%s, ...): name one as SOURCE", dir, idx[0]);
+	else if (n_idx == 0 && n_files == 0)
+		rc = 1;
+	else if ((c = add_component(src, name, dir)) < 0)
+		rc = -ENOMEM;
+	else if (n_idx == 1) {
+		char *p;
+		rc = asprintf(&p, "%s/%s", dir, idx[0]) < 0 ? -ENOMEM : load_index(src, p, (size_t)c, err);
+		free(p);
+	} else {
+		for (size_t i = 0; i < n_files && !rc; i++)
+			rc = add_shard(src, dir, files[i], (size_t)c);
+	}
+	free_list(idx, n_idx);
+	free_list(files, n_files);
+	return rc;
+}
+
+/* A diffusers-style folder: one component per subfolder that holds weights. */
+static int load_subfolders(struct source *src, const char *dir, char *err)
+{
+	char **subs;
+	size_t n_subs;
+	int rc = list_dir(dir, NULL, &subs, &n_subs), found = 0;
+
+	for (size_t i = 0; i < n_subs && rc >= 0; i++) {
+		char *p;
+		if (asprintf(&p, "%s/%s", dir, subs[i]) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		rc = load_folder(src, p, subs[i], err);
+		found |= rc == 0;
+		free(p);
+	}
+	free_list(subs, n_subs);
+	if (rc < 0)
+		return rc;
+	return found ? 0 : fail(err, -EINVAL, "%s holds no .safetensors file or index%s", dir, "");
+}
+
+static int find_shards(struct source *src, const char *path, char *err)
 {
 	struct stat st;
 	int rc;
 
-	memset(sh, 0, sizeof(*sh));
-	sh->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (sh->fd < 0) {
-		rc = -errno;
-		snprintf(err, ST_ERR_LEN, "%s", strerror(errno));
-		return rc;
+	if (stat(path, &st) < 0)
+		return fail(err, -errno, "%s%s", strerror(errno), "");
+	if (S_ISDIR(st.st_mode)) {
+		rc = load_folder(src, path, "", err);
+		return rc == 1 ? load_subfolders(src, path, err) : rc;
 	}
-	if (fstat(sh->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, ST_ERR_LEN, "not a regular file");
-		close(sh->fd);
-		return -EINVAL;
-	}
-	if ((rc = st_header_read_fd(sh->fd, &sh->hdr, err)) < 0) {
-		close(sh->fd);
-		return rc;
-	}
-	sh->mtime = st.st_mtim;
-	sh->size = st.st_size;
-	sh->path = strdup(path);
-	if (!sh->path) {
-		st_header_free(&sh->hdr);
-		close(sh->fd);
-		snprintf(err, ST_ERR_LEN, "out of memory");
+	char *copy = strdup(path);
+	if (!copy)
 		return -ENOMEM;
+	const char *dir = dirname(copy);
+	long c = add_component(src, "", dir);
+	if (c < 0)
+		rc = -ENOMEM;
+	else if (ends_with(path, ".index.json"))
+		rc = load_index(src, path, (size_t)c, err);
+	else
+		rc = add_shard(src, dir, strrchr(path, '/') ? strrchr(path, '/') + 1 : path, (size_t)c);
+	free(copy);
+	return rc;
+}
+
+/* Each shard needs a descriptor for the whole mount: raise the soft limit if they would not fit. */
+static int ensure_fds(size_t shards, char *err)
+{
+	struct rlimit rl;
+	rlim_t need = (rlim_t)shards + FD_RESERVE;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+		return 0;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+		snprintf(err, ST_ERR_LEN,
+			 "%zu shards need %llu open files but the hard limit is %llu: raise it (ulimit -Hn)",
+			 shards, (unsigned long long)need, (unsigned long long)rl.rlim_max);
+		return -EMFILE;
 	}
-	const char *slash = strrchr(sh->path, '/');
-	sh->name = slash ? slash + 1 : sh->path;
+	rl.rlim_cur = need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(err, ST_ERR_LEN, "cannot raise the open-file limit to %llu: %s",
+			 (unsigned long long)need, strerror(errno));
+		return -errno;
+	}
 	return 0;
 }
 
-/* A directory that holds exactly one .safetensors file mounts that file. */
-static int find_single_file(const char *dir, char **found, char *err)
+static int open_shard(struct shard *sh, bool name_it, char *err)
 {
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	int files = 0, indexes = 0;
+	struct stat st;
+	int rc;
 
-	if (!d) {
-		snprintf(err, ST_ERR_LEN, "%s", strerror(errno));
-		return -errno;
+	sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
+	if (sh->fd < 0)
+		return fail(err, -errno, "%s: %s", sh->label, strerror(errno));
+	if (fstat(sh->fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return fail(err, -EINVAL, "%s: %s", sh->label, "not a regular file");
+	sh->mtime = st.st_mtim;
+	sh->size = st.st_size;
+	if ((rc = st_header_read_fd(sh->fd, &sh->hdr, err)) < 0 && name_it) {
+		char why[ST_ERR_LEN];
+		snprintf(why, sizeof(why), "%s", err);
+		snprintf(err, ST_ERR_LEN, "%s: %.*s", sh->label, ST_ERR_LEN / 2, why);
 	}
-	*found = NULL;
-	while ((e = readdir(d))) {
-		if (ends_with(e->d_name, ".safetensors.index.json"))
-			indexes++;
-		else if (ends_with(e->d_name, ".safetensors") && files++ == 0 &&
-			 asprintf(found, "%s/%s", dir, e->d_name) < 0)
-			*found = NULL;
+	return rc;
+}
+
+struct opener {
+	struct source *src;
+	atomic_size_t next;
+	bool name_shards; /* say which shard is at fault: SOURCE alone does not */
+	int *rcs;
+	char (*errs)[ST_ERR_LEN];
+};
+
+static void *open_some(void *arg)
+{
+	struct opener *o = arg;
+	size_t i;
+
+	while ((i = atomic_fetch_add(&o->next, 1)) < o->src->n_shards)
+		o->rcs[i] = open_shard(&o->src->shards[i], o->name_shards, o->errs[i]);
+	return NULL;
+}
+
+/* Parse every shard's header, on every core when there are several; report the first failure. */
+static int open_all(struct source *src, bool name_shards, char *err)
+{
+	struct opener o = {.src = src, .name_shards = name_shards};
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t n = src->n_shards < (size_t)(cores > 0 ? cores : 1) ? src->n_shards : (size_t)cores;
+	pthread_t threads[64];
+	size_t started = 0;
+	int rc = 0;
+
+	if (n > 64)
+		n = 64;
+	o.rcs = calloc(src->n_shards, sizeof(*o.rcs));
+	o.errs = calloc(src->n_shards, sizeof(*o.errs));
+	if (!o.rcs || !o.errs) {
+		free(o.rcs);
+		free(o.errs);
+		return -ENOMEM;
 	}
-	closedir(d);
-	if (files == 1 && !indexes && *found)
+	while (started + 1 < n && pthread_create(&threads[started], NULL, open_some, &o) == 0)
+		started++;
+	open_some(&o);
+	for (size_t i = 0; i < started; i++)
+		pthread_join(threads[i], NULL);
+	for (size_t i = 0; i < src->n_shards && !rc; i++)
+		if ((rc = o.rcs[i]))
+			snprintf(err, ST_ERR_LEN, "%s", o.errs[i]);
+	free(o.rcs);
+	free(o.errs);
+	return rc;
+}
+
+/* .header.json of several shards: {"label":<its header>,...}, the headers read from the shards. */
+static int make_glue(struct source *src)
+{
+	if (src->n_shards < 2)
 		return 0;
-	free(*found);
-	*found = NULL;
-	if (files == 0 && !indexes)
-		snprintf(err, ST_ERR_LEN, "directory holds no .safetensors file");
-	else
-		snprintf(err, ST_ERR_LEN, "directory holds a sharded model (%d .safetensors files, "
-			 "%d index): mounting shards is not supported yet", files, indexes);
-	return -EINVAL;
+	if (!(src->glue = calloc(src->n_shards + 1, sizeof(*src->glue))))
+		return -ENOMEM;
+	for (size_t i = 0; i < src->n_shards; i++) {
+		char *q = st_json_quote(src->shards[i].label, strlen(src->shards[i].label));
+		if (!q || asprintf(&src->glue[i], "%s%s:", i ? "," : "{", q) < 0) {
+			free(q);
+			return -ENOMEM;
+		}
+		free(q);
+	}
+	return (src->glue[src->n_shards] = strdup("}")) ? 0 : -ENOMEM;
+}
+
+static int merge_metadata(struct source *src)
+{
+	const struct st_header **hdrs = malloc(src->n_shards * sizeof(*hdrs));
+	const struct st_index *ix = NULL;
+	int rc;
+
+	if (!hdrs)
+		return -ENOMEM;
+	for (size_t i = 0; i < src->n_shards; i++)
+		hdrs[i] = &src->shards[i].hdr;
+	/* Component indexes are merged in order; only the first index's metadata is taken as a whole. */
+	for (size_t c = 0; c < src->n_components && !ix; c++)
+		if (src->components[c].has_index)
+			ix = &src->components[c].ix;
+	rc = st_metadata_merge(hdrs, src->n_shards, ix, &src->metadata);
+	free(hdrs);
+	return rc;
 }
 
 int source_open(const char *path, struct source *src, char err[ST_ERR_LEN])
 {
-	struct stat st;
-	char *file = NULL;
 	int rc;
 
 	memset(src, 0, sizeof(*src));
-	if (stat(path, &st) < 0) {
-		snprintf(err, ST_ERR_LEN, "%s", strerror(errno));
-		return -errno;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		if ((rc = find_single_file(path, &file, err)))
-			return rc;
-		path = file;
-	} else if (ends_with(path, ".index.json")) {
-		snprintf(err, ST_ERR_LEN, "an index of shards: mounting shards is not supported yet");
-		return -EINVAL;
-	}
-	src->shards = calloc(1, sizeof(*src->shards));
-	if (!src->shards) {
-		free(file);
+	err[0] = '\0';
+	rc = find_shards(src, path, err);
+	for (size_t c = 0; c < src->n_components; c++)
+		src->components[c].count = (c + 1 < src->n_components ? src->components[c + 1].first
+								    : src->n_shards) - src->components[c].first;
+	if (!rc)
+		rc = ensure_fds(src->n_shards, err);
+	if (!rc)
+		rc = open_all(src, src->n_shards > 1 || strcmp(src->shards[0].path, path) != 0, err);
+	if (!rc)
+		rc = check_shards(src, err);
+	if (!rc)
+		rc = make_glue(src);
+	if (!rc)
+		rc = merge_metadata(src);
+	if (rc == -ENOMEM && !err[0])
 		snprintf(err, ST_ERR_LEN, "out of memory");
-		return -ENOMEM;
-	}
-	rc = open_shard(path, &src->shards[0], err);
-	if (rc == 0) {
-		src->n_shards = 1;
-	} else {
-		if (file) {
-			/* Say which file inside the directory is at fault. */
-			char why[ST_ERR_LEN];
-			snprintf(why, sizeof(why), "%s", err);
-			snprintf(err, ST_ERR_LEN, "%s: %.*s", strrchr(file, '/') + 1, ST_ERR_LEN / 2, why);
-		}
-		free(src->shards);
-		src->shards = NULL;
-	}
-	free(file);
+	if (rc)
+		source_close(src);
 	return rc;
 }
 
 void source_close(struct source *src)
 {
 	for (size_t i = 0; i < src->n_shards; i++) {
-		close(src->shards[i].fd);
+		if (src->shards[i].fd >= 0)
+			close(src->shards[i].fd);
 		st_header_free(&src->shards[i].hdr);
 		free(src->shards[i].path);
+		free(src->shards[i].label);
 	}
+	for (size_t c = 0; c < src->n_components; c++) {
+		free(src->components[c].name);
+		free(src->components[c].dir);
+		st_index_free(&src->components[c].ix);
+	}
+	for (size_t i = 0; src->glue && i <= src->n_shards; i++)
+		free(src->glue[i]);
+	free(src->glue);
 	free(src->shards);
+	free(src->components);
+	st_metadata_free(&src->metadata);
+	free(src->warning);
 	memset(src, 0, sizeof(*src));
 }
 

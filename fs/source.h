@@ -1,28 +1,51 @@
 /*
  * SOURCE resolved to its backing files ("shards"), each opened once,
- * read-only, with its header parsed and validated.
+ * read-only, with its header parsed and validated, and checked against the
+ * others and against the shard index where there is one.
  */
 #ifndef FS_SOURCE_H
 #define FS_SOURCE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <time.h>
 
 #include "../parser/header.h"
+#include "../parser/index.h"
 
 struct shard {
 	int fd;
 	char *path;
-	const char *name; /* basename of path: the user.safetensors.file value */
+	char *label;        /* the path below SOURCE: the user.safetensors.file value */
+	uint32_t component; /* index into source.components */
 	struct timespec mtime;
 	off_t size;
 	struct st_header hdr;
 };
 
+/*
+ * A set of shards that share one namespace: the model itself, or in a
+ * diffusers-style folder one subfolder (unet/, text_encoder/, ...), which
+ * becomes a top-level directory.
+ */
+struct component {
+	char *name; /* "" for the model itself */
+	char *dir;
+	bool has_index;
+	struct st_index ix;
+	size_t first, count; /* its shards: source.shards[first .. first+count) */
+};
+
 struct source {
 	struct shard *shards;
-	size_t n_shards;
+	size_t n_shards, cap_shards;
+	struct component *components;
+	size_t n_components, cap_components;
+	struct st_metadata metadata; /* merged over all shards and indexes */
+	/* .header.json of several shards is {"label":header,...}: glue[i] precedes shard i's header. */
+	char **glue;
+	char *warning; /* a line to print before mounting, or NULL */
 };
 
 /* Returns 0, or a negative errno with one line in `err` (without the "SOURCE: " prefix). */

@@ -161,12 +161,13 @@ static int remember(struct prefix *p, size_t d, size_t end, uint32_t dir)
 }
 
 /* The directory that holds a tensor called `name`, made (with its parents) where missing. */
-static long parent_dir(struct tree *t, struct prefix *p, const char *name, size_t len, char *scratch)
+static long parent_dir(struct tree *t, struct prefix *p, long base, const char *name, size_t len,
+		       char *scratch)
 {
 	size_t d = 0, start = 0;
 	int same = 1;
 	const char *dot;
-	long dir = 0;
+	long dir = base;
 
 	for (; (dot = memchr(name + start, '.', len - start)); d++, start = (size_t)(dot - name) + 1) {
 		size_t end = (size_t)(dot - name);
@@ -184,15 +185,15 @@ static long parent_dir(struct tree *t, struct prefix *p, const char *name, size_
 }
 
 /* Pass 1: the directories of every tensor's name; remembers each tensor's parent. */
-static int make_dirs(struct tree *t, const struct st_header *h, enum layout layout,
+static int make_dirs(struct tree *t, const struct st_header *h, enum layout layout, long base,
 		     uint32_t *parents, char *scratch)
 {
 	struct prefix p = {0};
 	int rc = 0;
 
 	for (size_t i = 0; i < h->n_tensors && !rc; i++) {
-		long dir = layout == LAYOUT_FLAT ? 0 :
-			parent_dir(t, &p, st_tensor_name(h, &h->tensors[i]), h->tensors[i].name_len, scratch);
+		long dir = layout == LAYOUT_FLAT ? base :
+			parent_dir(t, &p, base, st_tensor_name(h, &h->tensors[i]), h->tensors[i].name_len, scratch);
 		if (dir < 0)
 			rc = (int)dir;
 		else
@@ -204,14 +205,13 @@ static int make_dirs(struct tree *t, const struct st_header *h, enum layout layo
 }
 
 /* Pass 2: one file per tensor, renamed with COLLISION_SUFFIX where a directory took its name. */
-static int make_files(struct tree *t, const struct st_header *h, uint32_t shard,
+static int make_files(struct tree *t, const struct st_header *h, enum layout layout, uint32_t shard,
 		      const uint32_t *parents, char *scratch)
 {
 	for (size_t i = 0; i < h->n_tensors; i++) {
 		const struct st_tensor *ts = &h->tensors[i];
 		const char *name = st_tensor_name(h, ts);
-		/* In the tree layout a tensor has a parent other than the root exactly when it has a dot. */
-		const char *dot = parents[i] ? memrchr(name, '.', ts->name_len) : NULL;
+		const char *dot = layout == LAYOUT_TREE ? memrchr(name, '.', ts->name_len) : NULL;
 		const char *last = dot ? dot + 1 : name;
 		size_t len;
 		long n;
@@ -227,6 +227,14 @@ static int make_files(struct tree *t, const struct st_header *h, uint32_t shard,
 		t->nodes[n].tensor.index = (uint32_t)i;
 	}
 	return 0;
+}
+
+/* A diffusers-style folder's subfolder is a top-level directory; the model itself is the root. */
+static long component_dir(struct tree *t, const struct source *src, uint32_t c, char *scratch)
+{
+	const char *name = src->components[c].name;
+
+	return name[0] ? dir_for(t, 0, name, strlen(name), scratch) : 0;
 }
 
 /* Child lists in creation order, so readdir is stable and cheap. */
@@ -260,6 +268,10 @@ static int link_children(struct tree *t)
 static int build(struct tree *t, const struct source *src, enum layout layout)
 {
 	size_t max_name = 0, total = 0;
+
+	for (size_t c = 0; c < src->n_components; c++)
+		if (strlen(src->components[c].name) > max_name)
+			max_name = strlen(src->components[c].name);
 	uint32_t *parents;
 	char *scratch;
 	int rc = 0;
@@ -280,10 +292,12 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 			     i == 0 ? NODE_HEADER_JSON : NODE_METADATA_JSON) < 0)
 			rc = -ENOMEM;
 	/* All directories first, so a tensor file never takes a name a directory needs. */
+	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors) {
+		long base = component_dir(t, src, src->shards[s].component, scratch);
+		rc = base < 0 ? (int)base : make_dirs(t, &src->shards[s].hdr, layout, base, parents + first, scratch);
+	}
 	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
-		rc = make_dirs(t, &src->shards[s].hdr, layout, parents + first, scratch);
-	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
-		rc = make_files(t, &src->shards[s].hdr, (uint32_t)s, parents + first, scratch);
+		rc = make_files(t, &src->shards[s].hdr, layout, (uint32_t)s, parents + first, scratch);
 	if (!rc)
 		rc = link_children(t);
 	free(scratch);

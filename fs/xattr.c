@@ -11,7 +11,7 @@
 #define XATTR_NAME_LIMIT 255 /* XATTR_NAME_MAX: longer names cannot be asked for */
 
 static const char *const tensor_attrs[] = {"name", "dtype", "shape", "data_offsets", "offset", "file"};
-static const char *const root_attrs[] = {"tensors", "bytes"};
+static const char *const root_attrs[] = {"tensors", "bytes", "shards"};
 
 struct buf {
 	char *p;
@@ -85,19 +85,20 @@ static void tensor_value(const struct fs *fs, const struct node *n, const char *
 	} else if (strcmp(attr, "offset") == 0) {
 		add_u64(b, h->data_start + t->begin);
 	} else if (strcmp(attr, "file") == 0) {
-		add(b, sh->name, strlen(sh->name));
+		add(b, sh->label, strlen(sh->label));
 	}
 }
 
 /* A metadata key that can be an xattr name: no NUL, within the kernel's name limit. */
-static int meta_key_usable(const struct st_header *h, const struct st_meta *m)
+static int meta_key_usable(const struct st_metadata *md, const struct st_meta *m)
 {
-	return m->key_len > 0 && !memchr(h->strings + m->key, '\0', m->key_len) &&
+	return m->key_len > 0 && !memchr(md->strings + m->key, '\0', m->key_len) &&
 	       strlen(META_PREFIX) + m->key_len <= XATTR_NAME_LIMIT;
 }
 
 static int root_value(const struct fs *fs, const char *name, struct buf *b)
 {
+	const struct st_metadata *md = &fs->src.metadata;
 	uint64_t tensors = 0, bytes = 0;
 
 	for (size_t s = 0; s < fs->src.n_shards; s++) {
@@ -113,18 +114,19 @@ static int root_value(const struct fs *fs, const char *name, struct buf *b)
 		add_u64(b, bytes);
 		return 0;
 	}
+	if (strcmp(name, XATTR_PREFIX "shards") == 0) {
+		add_u64(b, fs->src.n_shards);
+		return 0;
+	}
 	if (strncmp(name, META_PREFIX, strlen(META_PREFIX)) != 0)
 		return -ENODATA;
 	const char *key = name + strlen(META_PREFIX);
-	for (size_t s = 0; s < fs->src.n_shards; s++) {
-		const struct st_header *h = &fs->src.shards[s].hdr;
-		for (size_t i = 0; i < h->n_meta; i++) {
-			const struct st_meta *m = &h->meta[i];
-			if (meta_key_usable(h, m) && strlen(key) == m->key_len &&
-			    memcmp(key, h->strings + m->key, m->key_len) == 0) {
-				add(b, h->strings + m->value, m->value_len);
-				return 0;
-			}
+	for (size_t i = 0; i < md->n_items; i++) {
+		const struct st_meta *m = &md->items[i];
+		if (meta_key_usable(md, m) && strlen(key) == m->key_len &&
+		    memcmp(key, md->strings + m->key, m->key_len) == 0) {
+			add(b, md->strings + m->value, m->value_len);
+			return 0;
 		}
 	}
 	return -ENODATA;
@@ -163,12 +165,10 @@ int xattr_list(const struct fs *fs, const struct node *n, char **list, size_t *l
 	struct buf b = {0};
 
 	if (n == &fs->tree.nodes[0]) {
-		for (size_t s = 0; s < fs->src.n_shards; s++) {
-			const struct st_header *h = &fs->src.shards[s].hdr;
-			for (size_t i = 0; i < h->n_meta; i++)
-				if (meta_key_usable(h, &h->meta[i]))
-					add_name(&b, META_PREFIX, h->strings + h->meta[i].key, h->meta[i].key_len);
-		}
+		const struct st_metadata *md = &fs->src.metadata;
+		for (size_t i = 0; i < md->n_items; i++)
+			if (meta_key_usable(md, &md->items[i]))
+				add_name(&b, META_PREFIX, md->strings + md->items[i].key, md->items[i].key_len);
 		for (size_t i = 0; i < sizeof(root_attrs) / sizeof(*root_attrs); i++)
 			add_name(&b, XATTR_PREFIX, root_attrs[i], strlen(root_attrs[i]));
 	} else if (n->kind == NODE_TENSOR) {

@@ -82,6 +82,9 @@ static inline uint64_t st_tensor_nbytes(const struct st_tensor *t)
 	return t->end - t->begin;
 }
 
+/* Grows the array *buf to hold at least `need` elements of `size` bytes (doubling). */
+int st_reserve(void *buf, size_t *cap, size_t need, size_t size);
+
 /* Quote a possibly hostile name for an error line: printable, bounded. */
 void st_quote(char *out, size_t outlen, const char *s, size_t len);
 

@@ -44,7 +44,4 @@ int jw_object(struct jw *w, jw_entry_fn *on_entry);
 /* After the top-level value only whitespace may remain. */
 int jw_end(struct jw *w);
 
-/* Grows *buf to hold at least `need` elements of `size` bytes (doubling). */
-int st_reserve(void *buf, size_t *cap, size_t need, size_t size);
-
 #endif

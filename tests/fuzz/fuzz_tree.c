@@ -102,8 +102,9 @@ static void check_tree(const struct source *src, enum layout layout)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct shard sh = {.fd = -1, .name = "fuzz.safetensors"};
-	struct source src = {.shards = &sh, .n_shards = 1};
+	struct shard sh = {.fd = -1, .label = "fuzz.safetensors"};
+	struct component comp = {.name = "", .count = 1};
+	struct source src = {.shards = &sh, .n_shards = 1, .components = &comp, .n_components = 1};
 	char err[ST_ERR_LEN];
 
 	if (st_header_parse_buffer(data, size, &sh.hdr, err) != 0)
