@@ -19,24 +19,31 @@ LDFLAGS   += -fsanitize=address,undefined
 endif
 
 PARSER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard parser/*.c))
-FS_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(wildcard fs/*.c))
-BINARIES   := $(BUILD)/safetensorsfs $(BUILD)/test_parser
+FS_OBJ     := $(patsubst %.c,$(BUILD)/%.o,$(filter-out fs/main.c,$(wildcard fs/*.c)))
+GPU_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard gpu_direct/*.c))
+LIB_OBJ    := $(FS_OBJ) $(GPU_OBJ) $(PARSER_OBJ)
+# Every tests/c/test_NAME.c is a test binary $(BUILD)/test_NAME linked with everything but main.
+TEST_BINS  := $(patsubst tests/c/%.c,$(BUILD)/%,$(wildcard tests/c/test_*.c))
+BINARIES   := $(BUILD)/safetensorsfs $(TEST_BINS)
+
+# gpu_direct/gpu.mk: the GPU backends' include paths and libraries.
+-include gpu_direct/gpu.mk
 
 PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
-	$(VENV)/bin/python -m pytest -q -ra tests
+	TEST_BIN_DIR=$(abspath $(1)) $(VENV)/bin/python -m pytest -q -ra tests
 
 .PHONY: all deps venv test test-asan demo bench fuzz corpus stress install clean
 
 all: $(BINARIES)
 
-$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h)
+$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/safetensorsfs: $(FS_OBJ) $(PARSER_OBJ)
+$(BUILD)/safetensorsfs: $(BUILD)/fs/main.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/test_parser: $(BUILD)/tests/c/test_parser.o $(PARSER_OBJ)
+$(BUILD)/test_%: $(BUILD)/tests/c/test_%.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 deps:
