@@ -4,7 +4,7 @@
 # project's venv (Makefile target `venv`), never system-wide.
 set -eu
 
-PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev attr"
+PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev attr valgrind libamdhip64-dev"
 
 missing=""
 for p in $PACKAGES; do
