@@ -65,9 +65,10 @@ static int sorted_refs(const struct source *src, const struct component *c, stru
 			const char *name;
 			size_t len;
 			name_of(src, &refs[i], &name, &len);
+			int rc = fail(err, name, len, "is in two shards: %s and %s",
+				      src->shards[refs[i - 1].shard].label, src->shards[refs[i].shard].label);
 			free(refs);
-			return fail(err, name, len, "is in two shards: %s and %s",
-				    src->shards[refs[i - 1].shard].label, src->shards[refs[i].shard].label);
+			return rc;
 		}
 	*out = refs;
 	*n = total;

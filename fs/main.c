@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../gpu_direct/gpu.h"
 #include "fs.h"
 #include "readahead.h"
 
@@ -44,8 +45,8 @@ static void usage(const char *prog)
 
 static void version(void)
 {
-	printf("safetensorsfs %s\nlibfuse %s\ngpu backends: none\n", SAFETENSORSFS_VERSION,
-	       fuse_pkgversion());
+	printf("safetensorsfs %s\nlibfuse %s\ngpu backends: %s\n", SAFETENSORSFS_VERSION,
+	       fuse_pkgversion(), gpu_built_backends());
 }
 
 /* The first non-option is SOURCE; the second is left for fuse_parse_cmdline. */
@@ -123,7 +124,8 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
-			rc = run_loop(se, cmd) ? 1 : 0;
+			/* A positive result is the signal that ended the loop: a clean unmount. */
+			rc = run_loop(se, cmd) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
 			readahead_join(&ra);
 		}

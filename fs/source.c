@@ -124,7 +124,8 @@ static int list_dir(const char *dir, const char *suffix, char ***names, size_t *
 		(*n)++;
 	}
 	closedir(d);
-	qsort(*names, *n, sizeof(**names), by_string);
+	if (*n > 1)
+		qsort(*names, *n, sizeof(**names), by_string);
 	return 0;
 }
 
@@ -242,11 +243,13 @@ static int open_shard(struct shard *sh, bool name_it, char *err)
 	struct stat st;
 	int rc;
 
-	sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a fifo or device must be refused, not waited on. */
+	sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	const char *fmt = name_it ? "%s: %s" : "%.0s%s";
 	if (sh->fd < 0)
-		return fail(err, -errno, "%s: %s", sh->label, strerror(errno));
+		return fail(err, -errno, fmt, sh->label, strerror(errno));
 	if (fstat(sh->fd, &st) < 0 || !S_ISREG(st.st_mode))
-		return fail(err, -EINVAL, "%s: %s", sh->label, "not a regular file");
+		return fail(err, -EINVAL, fmt, sh->label, "not a regular file");
 	sh->mtime = st.st_mtim;
 	sh->size = st.st_size;
 	if ((rc = st_header_read_fd(sh->fd, &sh->hdr, err)) < 0 && name_it) {

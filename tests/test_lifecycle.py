@@ -1,0 +1,230 @@
+"""Starting and stopping the daemon, its options, and a backing file that
+changes under a live mount."""
+import contextlib
+import errno
+import os
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import util
+from util import PREFIX
+
+pytestmark = pytest.mark.usefixtures("fuse_environment")
+
+
+def small_model(tmp_path, name="m.safetensors"):
+    p = tmp_path / name
+    rng = np.random.default_rng(5)
+    tensors = {
+        "w.big": rng.standard_normal((256, 300)).astype(np.float32),
+        "w.small": rng.integers(0, 255, (17,), dtype=np.uint8),
+        "other": rng.standard_normal((8,)).astype(np.float64),
+    }
+    save_file(tensors, str(p))
+    return p, tensors
+
+
+def stop_quietly(m):
+    """Cleanup for tests that stop the daemon themselves and assert on how it went."""
+    with contextlib.suppress(util.DaemonError):
+        m.stop()
+
+
+def run(argv, timeout=20):
+    return subprocess.run([str(util.binary())] + argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=util.daemon_env())
+
+
+def test_version():
+    for flag in ("-V", "--version"):
+        r = run([flag])
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert re.fullmatch(r"safetensorsfs \d+\.\d+\.\d+\S*", lines[0]), lines
+        assert any(re.fullmatch(r"libfuse \d+\.\d+(\.\d+)?\S*", line) for line in lines), lines
+        assert any(re.fullmatch(r"gpu backends: \S.*", line) for line in lines), lines
+        assert r.stderr == ""
+
+
+def test_help():
+    for flag in ("-h", "--help"):
+        r = run([flag])
+        assert r.returncode == 0
+        text = r.stdout + r.stderr
+        assert "usage" in text.lower()
+        assert "SOURCE" in text and "MOUNTPOINT" in text
+        assert "layout=" in text
+
+
+def test_usage_errors(tmp_path):
+    p, _ = small_model(tmp_path)
+    for argv in ([], [str(p)]):
+        r = run(argv)
+        assert r.returncode != 0
+        assert r.stderr.strip(), "a usage error says something"
+        assert r.stdout == ""
+
+
+def test_bad_layout(tmp_path):
+    p, _ = small_model(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    rc, out, err = util.run_refused(p, mnt, opts=["-o", "layout=sideways"])
+    assert rc == 1, err
+    assert len(err.splitlines()) == 1 and err.startswith("safetensorsfs: "), err
+    assert not os.path.ismount(mnt)
+
+
+def test_fusermount_unmounts(tmp_path):
+    p, tensors = small_model(tmp_path)
+    m = util.Mount(p, tmp_path / "mnt").start()
+    try:
+        assert (m.mnt / "w" / "small").read_bytes() == tensors["w.small"].tobytes()
+        r = subprocess.run(["fusermount3", "-u", str(m.mnt)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert m.wait_exit() == 0
+        assert not os.path.ismount(m.mnt)
+        assert util.mount_lines(tmp_path) == []
+    finally:
+        stop_quietly(m)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_unmounts_cleanly(tmp_path, sig):
+    p, tensors = small_model(tmp_path)
+    m = util.Mount(p, tmp_path / "mnt").start()
+    try:
+        assert (m.mnt / "other").read_bytes() == tensors["other"].tobytes()
+        m.proc.send_signal(sig)
+        code = m.wait_exit()
+        assert code is not None, "the daemon did not exit"
+        assert not os.path.ismount(m.mnt)
+        assert util.mount_lines(tmp_path) == []
+        m.check_output()
+        assert code == 0, f"the daemon unmounted but exited with status {code}"
+    finally:
+        stop_quietly(m)
+
+
+def test_signal_while_reading(tmp_path):
+    """SIGTERM while a reader is busy still ends in a clean exit."""
+    p, tensors = small_model(tmp_path)
+    m = util.Mount(p, tmp_path / "mnt").start()
+    try:
+        reader = subprocess.Popen(["bash", "-c", f'while cat "{m.mnt}/w/big" >/dev/null 2>&1; do :; done'])
+        time.sleep(0.2)
+        m.proc.send_signal(signal.SIGTERM)
+        code = m.wait_exit()
+        reader.wait(timeout=20)
+        assert code is not None, "the daemon did not exit"
+        assert not os.path.ismount(m.mnt)
+        m.check_output()
+        assert code == 0, f"the daemon unmounted but exited with status {code}"
+    finally:
+        stop_quietly(m)
+
+
+def test_background_mode(tmp_path):
+    """Without -f the command returns once the mount is up (validation came first)."""
+    p, tensors = small_model(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        r = run([str(p), str(mnt)])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "" and r.stderr == ""
+        assert os.path.ismount(mnt)
+        assert (mnt / "w" / "big").read_bytes() == tensors["w.big"].tobytes()
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    deadline = time.monotonic() + 10
+    while os.path.ismount(mnt) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.ismount(mnt)
+
+
+@pytest.mark.parametrize("opts", [["-s"], ["-o", "read_ahead_kb=0"], ["-o", "max_threads=2"],
+                                  ["-o", "layout=tree"], ["-o", "default_permissions"]],
+                         ids=lambda o: " ".join(o))
+def test_options_mount_and_serve(tmp_path, mount, opts):
+    p, tensors = small_model(tmp_path)
+    m = mount(p, *opts)
+    for name, arr in tensors.items():
+        rel = name.replace(".", "/")
+        assert (m.mnt / rel).read_bytes() == arr.tobytes()
+    assert os.getxattr(m.mnt / "w" / "big", PREFIX + "shape") == b"[256,300]"
+    assert util.errno_of(os.open, m.mnt / "other", os.O_WRONLY) in util.READ_ONLY_ERRNOS
+
+
+def test_read_ahead_kb(tmp_path, mount):
+    """-o read_ahead_kb=N sets the mount's readahead window (as root)."""
+    if os.getuid() != 0:
+        pytest.skip("the window is only set when run as root")
+    p, _ = small_model(tmp_path)
+    m = mount(p, "-o", "read_ahead_kb=96")
+    dev = os.stat(m.mnt).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    if not os.access(path, os.W_OK):
+        pytest.skip(f"{path} is not writable here")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            value = f.read().strip()
+        if value == "96":
+            break
+        time.sleep(0.02)
+    assert value == "96"
+
+
+def test_two_mounts_of_one_file(tmp_path, mount):
+    p, tensors = small_model(tmp_path)
+    a = mount(p)
+    b = mount(p, "-o", "layout=flat")
+    assert (a.mnt / "w" / "big").read_bytes() == (b.mnt / "w.big").read_bytes() == tensors["w.big"].tobytes()
+
+
+def test_mount_does_not_write_the_source(tmp_path, mount):
+    p, _ = small_model(tmp_path)
+    before = util.fingerprint(p)
+    listing = sorted(os.listdir(tmp_path))
+    m = mount(p)
+    for root, dirs, files in os.walk(m.mnt):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                fh.read()
+    m.stop()
+    assert util.fingerprint(p) == before
+    assert sorted(os.listdir(tmp_path)) == sorted(listing + ["mnt0", "mnt0.stderr", "mnt0.stdout"])
+    assert os.listdir(tmp_path / "mnt0") == []
+
+
+# ------------------------------------------------- the backing file changes under the mount
+
+def test_backing_file_truncated(tmp_path, mount):
+    """Contract: if a backing file shrinks under a live mount, reads fail with EIO; the daemon stays up."""
+    p, tensors = small_model(tmp_path)
+    m = mount(p)
+    assert os.stat(m.mnt / "w" / "big").st_size == tensors["w.big"].nbytes
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) // 2)
+    for rel in ("w/big", "w/small", "other"):
+        assert util.errno_of((m.mnt / rel).read_bytes) == errno.EIO, rel
+    m.check_alive()
+    assert sorted(os.listdir(m.mnt / "w")) == ["big", "small"]
+
+
+def test_backing_file_deleted(tmp_path, mount):
+    """Contract: if a backing file vanishes under a live mount, reads fail with EIO; the daemon stays up."""
+    p, tensors = small_model(tmp_path)
+    m = mount(p)
+    os.unlink(p)
+    for rel in ("w/big", "w/small", "other"):
+        assert util.errno_of((m.mnt / rel).read_bytes) == errno.EIO, rel
+    m.check_alive()
