@@ -40,7 +40,10 @@ class Mount:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+        for _ in range(50):  # right after mounting, the kernel may still call it busy
+            if subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
         self.proc.wait(timeout=10)
 
 
