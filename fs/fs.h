@@ -9,6 +9,7 @@ struct fuse_conn_info_opts;
 
 #include "source.h"
 #include "tree.h"
+#include "viewnodes.h"
 
 struct fs_options {
 	char *source;
@@ -27,6 +28,8 @@ struct fs {
 	const char *mountpoint;
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
 	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */
+	struct view_table views;
+	int views_ready;
 };
 
 /* The lowlevel operations (ops.c). */

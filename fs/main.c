@@ -175,6 +175,9 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return 1;
 	}
 	free(abs);
+	if (view_table_init(&fs->views) < 0)
+		return fail(fs->opt.source, "cannot set up the view table");
+	fs->views_ready = 1;
 	fs->uid = getuid();
 	fs->gid = getgid();
 	return 0;
@@ -189,6 +192,8 @@ int main(int argc, char *argv[])
 
 	if (rc == 0)
 		rc = serve(&fs, &args, &cmd);
+	if (fs.views_ready)
+		view_table_free(&fs.views);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);

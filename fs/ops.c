@@ -30,6 +30,15 @@ static const struct node *node_of(const struct fs *fs, fuse_ino_t ino)
 	return ino >= 1 && ino <= fs->tree.n_nodes ? &fs->tree.nodes[ino - 1] : NULL;
 }
 
+/* A view looked up by name (viewnodes.h), or NULL. */
+static const struct view_node *view_of(const struct fs *fs, fuse_ino_t ino)
+{
+	if (ino <= fs->tree.n_nodes)
+		return NULL;
+	/* The table's lock is not part of the tree's immutability: it is the one mutable thing here. */
+	return view_get((struct view_table *)&fs->views, ino - fs->tree.n_nodes - 1);
+}
+
 static const struct shard *shard_of(const struct fs *fs, const struct node *n)
 {
 	return &fs->src.shards[n->kind == NODE_TENSOR ? n->tensor.shard : 0];
@@ -63,8 +72,10 @@ static uint64_t node_size(const struct fs *fs, const struct node *n)
 
 static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
-	const struct node *n = node_of(fs, ino);
+	const struct view_node *v = view_of(fs, ino);
+	const struct node *n = v ? &fs->tree.nodes[v->tensor] : node_of(fs, ino);
 	const struct shard *sh = shard_of(fs, n);
+	uint64_t size = v ? v->plan.size : node_size(fs, n);
 
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
@@ -72,9 +83,9 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_nlink = n->kind == NODE_DIR ? 2 + n->dir.subdirs : 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
-	st->st_size = (off_t)node_size(fs, n);
+	st->st_size = (off_t)size;
 	st->st_blksize = IO_BLOCK;
-	st->st_blocks = (blkcnt_t)((node_size(fs, n) + 511) / 512);
+	st->st_blocks = (blkcnt_t)((size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;
 }
 
@@ -117,6 +128,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	i = tree_lookup(&fs->tree, (uint32_t)(parent - 1), name, strlen(name));
+	if (i < 0 && (i = view_lookup(fs, (uint32_t)(parent - 1), name)) >= 0)
+		i += (long)fs->tree.n_nodes; /* a real entry of that name wins, as CONTRACT.md says */
 	if (i < 0) {
 		/* A cached negative entry: the name cannot appear later. */
 		memset(&e, 0, sizeof(e));
@@ -134,7 +147,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 
 	(void)fi;
-	if (!node_of(fs, ino)) {
+	if (!node_of(fs, ino) && !view_of(fs, ino)) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -221,7 +234,8 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	const struct node *n = node_of(fs_of(req), ino);
+	const struct view_node *v = view_of(fs_of(req), ino);
+	const struct node *n = v ? &fs_of(req)->tree.nodes[v->tensor] : node_of(fs_of(req), ino);
 
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
@@ -314,6 +328,52 @@ static void reply_header_json(fuse_req_t req, const struct source *src, uint64_t
 	free(buf);
 }
 
+struct view_source {
+	const struct shard *sh;
+	uint64_t start; /* the tensor's first byte in the backing file */
+};
+
+static int read_tensor_bytes(void *ctx, void *dst, size_t n, uint64_t src_off)
+{
+	const struct view_source *vs = ctx;
+
+	return shard_pread(vs->sh, dst, n, vs->start + src_off);
+}
+
+/* Contiguous raw views come from the backing file like tensors; the rest are gathered or converted. */
+static void read_view(fuse_req_t req, const struct fs *fs, const struct view_node *v, size_t size, off_t off)
+{
+	const struct node *n = &fs->tree.nodes[v->tensor];
+	const struct shard *sh = shard_of(fs, n);
+	struct view_source vs = {sh, sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin};
+	uint64_t src;
+	char *buf;
+	int rc;
+
+	if (off < 0 || (uint64_t)off >= v->plan.size) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if (size > v->plan.size - (uint64_t)off)
+		size = (size_t)(v->plan.size - (uint64_t)off);
+	if (view_contiguous(&v->plan, &src)) {
+		reply_from_backing(req, fs, sh, vs.start + src + (uint64_t)off, size);
+		return;
+	}
+	if (!(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	rc = view_read(&v->plan, (uint64_t)off, size, buf, read_tensor_bytes, &vs);
+	if (rc == 0 && shard_changed(sh))
+		rc = -EIO;
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, buf, size);
+	free(buf);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -323,6 +383,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	uint64_t total, start;
 
 	(void)fi;
+	if (view_of(fs, ino)) {
+		read_view(req, fs, view_of(fs, ino), size, off);
+		return;
+	}
 	if (!n || n->kind == NODE_DIR) {
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
 		return;
@@ -366,7 +430,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	const struct node *n = node_of(fs, ino);
 	char *value = NULL;
 	size_t len = 0;
-	int rc = n ? xattr_get(fs, n, name, &value, &len) : -ENOENT;
+	int rc = n ? xattr_get(fs, n, name, &value, &len) : view_of(fs, ino) ? -ENODATA : -ENOENT;
 
 	reply_xattr(req, size, rc, value, len);
 }
@@ -377,7 +441,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	const struct node *n = node_of(fs, ino);
 	char *list = NULL;
 	size_t len = 0;
-	int rc = n ? xattr_list(fs, n, &list, &len) : -ENOENT;
+	int rc = n ? xattr_list(fs, n, &list, &len) : view_of(fs, ino) ? 0 : -ENOENT;
 
 	reply_xattr(req, size, rc, list, len);
 }
