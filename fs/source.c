@@ -410,17 +410,5 @@ int shard_changed(const struct shard *sh)
 
 int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off)
 {
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t r = pread(sh->fd, (char *)buf + done, len - done, (off_t)(off + done));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -EIO;
-		done += (size_t)r;
-	}
-	return 0;
+	return st_pread_exact(sh->fd, buf, len, off);
 }

@@ -80,23 +80,6 @@ static int grow_slots(struct tree *t)
 	return 0;
 }
 
-static int reserve(void *buf, size_t *cap, size_t need, size_t size)
-{
-	void **b = buf;
-	size_t c = *cap ? *cap : 64;
-
-	if (need <= *cap)
-		return 0;
-	while (c < need)
-		c *= 2;
-	void *nb = realloc(*b, c * size);
-	if (!nb)
-		return -ENOMEM;
-	*b = nb;
-	*cap = c;
-	return 0;
-}
-
 /* Appends a node named `name` under `parent`; the caller has checked it is new. */
 static long add_node(struct tree *t, uint32_t parent, const char *name, size_t len, enum node_kind kind)
 {
@@ -106,8 +89,8 @@ static long add_node(struct tree *t, uint32_t parent, const char *name, size_t l
 	if ((t->n_nodes + 1) * 2 > t->n_slots && grow_slots(t))
 		return -ENOMEM;
 	if (t->n_nodes >= UINT32_MAX - 1 || t->n_names + len + 1 > UINT32_MAX ||
-	    reserve(&t->nodes, &t->cap_nodes, t->n_nodes + 1, sizeof(*t->nodes)) ||
-	    reserve(&t->names, &t->cap_names, t->n_names + len + 1, 1))
+	    st_reserve(&t->nodes, &t->cap_nodes, t->n_nodes + 1, sizeof(*t->nodes)) ||
+	    st_reserve(&t->names, &t->cap_names, t->n_names + len + 1, 1))
 		return -ENOMEM;
 	memcpy(t->names + t->n_names, name, len);
 	t->names[t->n_names + len] = '\0';

@@ -301,12 +301,12 @@ int st_header_parse_buffer(const uint8_t *file, size_t len, struct st_header *h,
 	return st_header_parse_json((const char *)file + 8, n, len, h, err);
 }
 
-static int read_exact(int fd, void *buf, size_t len, off_t off)
+int st_pread_exact(int fd, void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t r = pread(fd, (char *)buf + done, len - done, off + (off_t)done);
+		ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -332,7 +332,7 @@ int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
 		return -EINVAL;
 	}
 	size_t got = (size_t)st.st_size < sizeof(head) ? (size_t)st.st_size : sizeof(head);
-	if ((rc = read_exact(fd, head, got, 0))) {
+	if ((rc = st_pread_exact(fd, head, got, 0))) {
 		snprintf(err, ST_ERR_LEN, "cannot read: %s", strerror(-rc));
 		return rc;
 	}
@@ -342,7 +342,7 @@ int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
 		snprintf(err, ST_ERR_LEN, "out of memory for a %llu-byte header", (unsigned long long)n);
 		return -ENOMEM;
 	}
-	if ((rc = read_exact(fd, json, n, 8)))
+	if ((rc = st_pread_exact(fd, json, n, 8)))
 		snprintf(err, ST_ERR_LEN, "cannot read the header: %s", strerror(-rc));
 	else
 		rc = st_header_parse_json(json, n, (uint64_t)st.st_size, h, err);

@@ -82,6 +82,9 @@ static inline uint64_t st_tensor_nbytes(const struct st_tensor *t)
 	return t->end - t->begin;
 }
 
+/* Reads exactly `len` bytes at `off`; returns 0, -EIO on a short read, or -errno. */
+int st_pread_exact(int fd, void *buf, size_t len, uint64_t off);
+
 /* Grows the array *buf to hold at least `need` elements of `size` bytes (doubling). */
 int st_reserve(void *buf, size_t *cap, size_t need, size_t size);
 
