@@ -16,6 +16,7 @@ struct fs_options {
 	char *layout_name;
 	unsigned read_ahead_kb; /* 0: leave the kernel's default */
 	int splice;             /* splice tensor bytes from the backing file into the reply */
+	int listviews;          /* readdir lists each tensor's .npy view too */
 };
 
 struct fs {

@@ -27,6 +27,7 @@
 static const struct fuse_opt option_spec[] = {
 	OPT("layout=%s", layout_name),
 	OPT("read_ahead_kb=%u", read_ahead_kb),
+	OPT("listviews", listviews),
 	FUSE_OPT_END,
 };
 
@@ -39,6 +40,7 @@ static void usage(const char *prog)
 	       "                           named a.b.c in the root (flat)\n"
 	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
 	       "                           (default %u; 0 keeps the kernel's)\n"
+	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
 	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
 	       prog, DEFAULT_READ_AHEAD_KB);
 }

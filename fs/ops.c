@@ -4,6 +4,8 @@
  * (spliced where enabled), never through a copy the daemon keeps.
  */
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
@@ -198,16 +200,32 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	/* Offsets 0 and 1 are "." and "..", then the children in order. */
-	for (off_t i = off; i < (off_t)d->dir.count + 2; i++) {
+	/*
+	 * Offsets 0 and 1 are "." and "..", then the children in order; with
+	 * -o listviews every child takes two offsets, the second for its .npy view.
+	 */
+	off_t per = fs->opt.listviews ? 2 : 1;
+	for (off_t i = off; i < (off_t)d->dir.count * per + 2; i++) {
 		fuse_ino_t child;
 		const char *name;
+		char npy[NAME_MAX + 1];
 		if (i < 2) {
 			child = i == 0 ? ino : d->parent + 1;
 			name = i == 0 ? "." : "..";
 		} else {
-			child = (fuse_ino_t)fs->tree.children[d->dir.first + (size_t)i - 2] + 1;
+			child = (fuse_ino_t)fs->tree.children[d->dir.first + (size_t)(i - 2) / (size_t)per] + 1;
 			name = node_name(&fs->tree, node_of(fs, child));
+			if ((i - 2) % per) {
+				long v = -1;
+				if (node_of(fs, child)->kind == NODE_TENSOR &&
+				    (size_t)snprintf(npy, sizeof(npy), "%s.npy", name) < sizeof(npy) &&
+				    tree_lookup(&fs->tree, (uint32_t)(ino - 1), npy, strlen(npy)) < 0)
+					v = view_lookup(fs, (uint32_t)(ino - 1), npy);
+				if (v < 0)
+					continue; /* not a tensor, a real file of that name, or no .npy */
+				child = (fuse_ino_t)(fs->tree.n_nodes + 1 + (size_t)v);
+				name = npy;
+			}
 		}
 		size_t n = add_entry(req, buf + used, size - used, name, child, i + 1, plus);
 		if (n > size - used)

@@ -116,3 +116,16 @@ def test_view_is_read_only(mnt):
     with pytest.raises(OSError) as e:
         open(mnt / "t" / "mat[0:2]", "r+b")
     assert e.value.errno in (errno.EROFS, errno.EACCES)
+
+
+def test_listviews_lists_each_npy_once(tmp_path, mount):
+    src = tmp_path / "l.safetensors"
+    save_file({"a": np.arange(6, dtype=np.float32), "a.npy": np.zeros(2, np.int8),
+               "d.x": np.ones((2, 2), np.float16)}, str(src))
+    m = mount(src, "-o", "listviews", "-o", "layout=flat")
+    names = sorted(n for n in os.listdir(m.mnt) if not n.startswith("."))
+    assert names == ["a", "a.npy", "a.npy.npy", "d.x", "d.x.npy"]
+    assert (Path(m.mnt) / "a.npy").read_bytes() == np.zeros(2, np.int8).tobytes()  # the real tensor wins
+    assert (np.load(Path(m.mnt) / "d.x.npy") == np.ones((2, 2), np.float16)).all()
+    plain = mount(src, "-o", "layout=flat")
+    assert sorted(n for n in os.listdir(plain.mnt) if not n.startswith(".")) == ["a", "a.npy", "d.x"]
