@@ -64,6 +64,7 @@ test: deps
 test-asan: deps
 	@$(MAKE) --no-print-directory all venv BUILD=build-asan SANITIZE=1
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
 		$(call PYTEST,build-asan)
 
 demo: deps

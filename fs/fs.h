@@ -10,6 +10,7 @@ struct fuse_conn_info_opts;
 #include "source.h"
 #include "tree.h"
 #include "viewnodes.h"
+#include "control.h"
 
 struct fs_options {
 	char *source;
@@ -17,6 +18,7 @@ struct fs_options {
 	unsigned read_ahead_kb; /* 0: leave the kernel's default */
 	int splice;             /* splice tensor bytes from the backing file into the reply */
 	int listviews;          /* readdir lists each tensor's .npy view too */
+	char *gpu;              /* -o gpu=: the default upload device */
 };
 
 struct fs {
@@ -30,6 +32,8 @@ struct fs {
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
 	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */
 	struct view_table views;
+	struct control control;
+	int control_ready;
 	int views_ready;
 };
 

@@ -28,6 +28,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("layout=%s", layout_name),
 	OPT("read_ahead_kb=%u", read_ahead_kb),
 	OPT("listviews", listviews),
+	OPT("gpu=%s", gpu),
 	FUSE_OPT_END,
 };
 
@@ -41,6 +42,7 @@ static void usage(const char *prog)
 	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
+	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads\n"
 	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
 	       prog, DEFAULT_READ_AHEAD_KB);
 }
@@ -180,6 +182,12 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (view_table_init(&fs->views) < 0)
 		return fail(fs->opt.source, "cannot set up the view table");
 	fs->views_ready = 1;
+	if (fs->opt.gpu && strcmp(fs->opt.gpu, "auto") && strcmp(fs->opt.gpu, "cuda") && strcmp(fs->opt.gpu, "hip") &&
+	    strcmp(fs->opt.gpu, "host") && strcmp(fs->opt.gpu, "none"))
+		return fail("gpu", "must be auto, cuda, hip, host or none");
+	if (control_init(&fs->control, fs->opt.gpu) < 0)
+		return fail(fs->opt.source, "cannot set up the control file");
+	fs->control_ready = 1;
 	fs->uid = getuid();
 	fs->gid = getgid();
 	return 0;
@@ -194,8 +202,11 @@ int main(int argc, char *argv[])
 
 	if (rc == 0)
 		rc = serve(&fs, &args, &cmd);
+	if (fs.control_ready)
+		control_free(&fs.control); /* every uploaded buffer goes with the mount */
 	if (fs.views_ready)
 		view_table_free(&fs.views);
+	free(fs.opt.gpu);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);

@@ -67,6 +67,8 @@ static uint64_t node_size(const struct fs *fs, const struct node *n)
 		return header_json_size(&fs->src);
 	case NODE_METADATA_JSON:
 		return fs->src.metadata.json_len;
+	case NODE_CONTROL:
+		return 0;
 	default:
 		return BLOCK;
 	}
@@ -81,7 +83,7 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_mode = n->kind == NODE_DIR ? S_IFDIR | 0555 : S_IFREG | 0444;
+	st->st_mode = n->kind == NODE_DIR ? S_IFDIR | 0555 : n->kind == NODE_CONTROL ? S_IFREG | 0600 : S_IFREG | 0444;
 	st->st_nlink = n->kind == NODE_DIR ? 2 + n->dir.subdirs : 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
@@ -250,6 +252,53 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	list_dir(req, ino, size, off, 1);
 }
 
+/* Owner-only whatever the mount options: the kernel checks modes only with default_permissions. */
+static void open_control(fuse_req_t req, struct fuse_file_info *fi)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct control_session *s;
+
+	if (ctx->uid != fs_of(req)->uid && ctx->uid != 0) {
+		fuse_reply_err(req, EACCES);
+		return;
+	}
+	if (!(s = control_open())) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)s;
+	fi->direct_io = 1; /* replies are per open: never cached */
+	fi->nonseekable = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	const struct node *n = node_of(fs_of(req), ino);
+	int rc;
+
+	(void)off;
+	if (!n || n->kind != NODE_CONTROL) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	rc = control_write(fs_of(req), (struct control_session *)(uintptr_t)fi->fh, data, size);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_write(req, size);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	const struct node *n = node_of(fs_of(req), ino);
+
+	if (n && n->kind == NODE_CONTROL)
+		control_close((struct control_session *)(uintptr_t)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	const struct view_node *v = view_of(fs_of(req), ino);
@@ -259,6 +308,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOENT);
 	} else if (n->kind == NODE_DIR) {
 		fuse_reply_err(req, EISDIR);
+	} else if (n->kind == NODE_CONTROL) {
+		open_control(req, fi);
 	} else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 	} else {
@@ -409,6 +460,17 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
 		return;
 	}
+	if (n->kind == NODE_CONTROL) {
+		char *buf = malloc(size ? size : 1);
+		if (!buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		size_t got = control_read((struct control_session *)(uintptr_t)fi->fh, buf, size);
+		fuse_reply_buf(req, buf, got);
+		free(buf);
+		return;
+	}
 	sh = shard_of(fs, n);
 	total = node_size(fs, n);
 	if (off < 0 || (uint64_t)off >= total) {
@@ -554,6 +616,8 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.readdirplus = op_readdirplus,
 	.open = op_open,
 	.read = op_read,
+	.write = op_write,
+	.release = op_release,
 	.getxattr = op_getxattr,
 	.listxattr = op_listxattr,
 	.statfs = op_statfs,

@@ -13,7 +13,11 @@
 
 #include "escape.h"
 
-static const char *const reserved[] = {".header.json", ".metadata.json"};
+static const struct {
+	const char *name;
+	enum node_kind kind;
+} reserved[] = {{".header.json", NODE_HEADER_JSON}, {".metadata.json", NODE_METADATA_JSON},
+		{".control", NODE_CONTROL}};
 
 static uint64_t hash_key(uint32_t parent, const char *name, size_t len)
 {
@@ -271,8 +275,7 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 	if (!scratch || !parents || add_node(t, 0, "", 0, NODE_DIR) < 0)
 		rc = -ENOMEM;
 	for (size_t i = 0; i < sizeof(reserved) / sizeof(*reserved) && !rc; i++)
-		if (add_node(t, 0, reserved[i], strlen(reserved[i]),
-			     i == 0 ? NODE_HEADER_JSON : NODE_METADATA_JSON) < 0)
+		if (add_node(t, 0, reserved[i].name, strlen(reserved[i].name), reserved[i].kind) < 0)
 			rc = -ENOMEM;
 	/* All directories first, so a tensor file never takes a name a directory needs. */
 	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors) {

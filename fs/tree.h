@@ -11,7 +11,7 @@
 
 #include "source.h"
 
-enum node_kind { NODE_DIR, NODE_TENSOR, NODE_HEADER_JSON, NODE_METADATA_JSON };
+enum node_kind { NODE_DIR, NODE_TENSOR, NODE_HEADER_JSON, NODE_METADATA_JSON, NODE_CONTROL };
 
 enum layout { LAYOUT_TREE, LAYOUT_FLAT };
 

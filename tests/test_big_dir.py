@@ -35,7 +35,7 @@ def test_big_directory(big_file, mount, layout):
     files, dirs = util.expected_layout(list(tensors), layout)
     if layout == "flat":
         listed_dir = m.mnt
-        want = set(files) | set(util.RESERVED)
+        want = set(files) | set(util.RESERVED) | set(util.FUTURE_RESERVED)
     else:
         listed_dir = m.mnt / "block"
         assert os.listdir(m.mnt) and sorted(n for n in os.listdir(m.mnt) if not n.startswith(".")) == ["block"]
@@ -90,4 +90,4 @@ def test_big_directory_small_getdents(big_file, mount):
         os.close(fd)
     names = [n for n in names if n not in (".", "..")]
     files, _ = util.expected_layout(list(tensors), "flat")
-    check_listing(names, set(files) | set(util.RESERVED))
+    check_listing(names, set(files) | set(util.RESERVED) | set(util.FUTURE_RESERVED))

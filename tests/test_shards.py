@@ -64,7 +64,7 @@ def test_diffusers_folder(tmp_path, mount):
     (d / "scheduler" / "scheduler_config.json").write_text("{}")
     (d / "model_index.json").write_text("{}")
     m = mount(d)
-    assert sorted(os.listdir(m.mnt)) == [".header.json", ".metadata.json", "text_encoder", "unet"]
+    assert sorted(os.listdir(m.mnt)) == [".control", ".header.json", ".metadata.json", "text_encoder", "unet"]
     check_against_shards(Path(m.mnt) / "unet", d / "unet", wm, label="unet/")
     t = Path(m.mnt) / "text_encoder" / "emb" / "w"
     assert t.read_bytes() == np.ones((2, 2), np.float16).tobytes()

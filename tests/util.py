@@ -27,7 +27,7 @@ EXIT_TIMEOUT = 20.0
 PREFIX = "user.safetensors."
 TENSOR_XATTRS = ("name", "dtype", "shape", "data_offsets", "offset", "file")
 RESERVED = (".header.json", ".metadata.json")
-# Reserved by the contract for the GPU control file; it may or may not exist yet.
+# The GPU control file (mode 0600), tested in test_control.py.
 FUTURE_RESERVED = (".control",)
 COLLISION_SUFFIX = ".tensor"
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
