@@ -141,3 +141,22 @@ def test_many_shards(tmp_path, mount):
     m = mount(d)
     assert os.getxattr(m.mnt, "user.safetensors.shards") == b"1000"
     check_against_shards(m.mnt, d, dict(list(wm.items())[::97]))
+
+
+def test_huggingface_hub_split(tmp_path, mount):
+    hub = pytest.importorskip("huggingface_hub")
+    rng = np.random.default_rng(11)
+    state = {f"model.layers.{i}.mlp.w": rng.standard_normal((64, 32)).astype(np.float32) for i in range(12)}
+    split = hub.split_state_dict_into_shards_factory(
+        state, get_storage_size=lambda a: a.nbytes, max_shard_size=20_000,
+        filename_pattern="model{suffix}.safetensors")
+    assert split.is_sharded and len(split.filename_to_tensors) > 2
+    d = tmp_path / "hub"
+    d.mkdir()
+    for fname, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, str(d / fname))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename}))
+    m = mount(d)
+    check_against_shards(m.mnt, d, split.tensor_to_filename)
+    assert m.stderr() == ""
