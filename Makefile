@@ -36,7 +36,7 @@ PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))
 
 all: $(BINARIES)
 
-$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h)
+$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h tests/c/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

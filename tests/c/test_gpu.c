@@ -29,19 +29,7 @@
 #include "../../gpu_direct/gpu.h"
 #include "../../gpu_direct/internal.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                  \
-	do {                                                                              \
-		if (cond) {                                                               \
-			passed++;                                                         \
-		} else {                                                                  \
-			failed++;                                                         \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-			fprintf(stderr, __VA_ARGS__);                                     \
-			fputc('\n', stderr);                                              \
-		}                                                                         \
-	} while (0)
+#include "check.h"
 
 /* ---- test data: two files of pseudo-random bytes ---- */
 

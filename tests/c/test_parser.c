@@ -11,19 +11,7 @@
 
 #include "../../parser/header.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                  \
-	do {                                                                              \
-		if (cond) {                                                               \
-			passed++;                                                         \
-		} else {                                                                  \
-			failed++;                                                         \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-			fprintf(stderr, __VA_ARGS__);                                     \
-			fputc('\n', stderr);                                              \
-		}                                                                         \
-	} while (0)
+#include "check.h"
 
 /* A file of: 8-byte little-endian length of `json`, `json`, then `data_len` bytes of data. */
 static uint8_t *make_file(const char *json, size_t json_len, size_t data_len, size_t *len)

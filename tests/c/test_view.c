@@ -29,19 +29,7 @@
 #include "../../fs/npy.h"
 #include "../../fs/view.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                  \
-	do {                                                                              \
-		if (cond) {                                                               \
-			passed++;                                                         \
-		} else {                                                                  \
-			failed++;                                                         \
-			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-			fprintf(stderr, __VA_ARGS__);                                     \
-			fputc('\n', stderr);                                              \
-		}                                                                         \
-	} while (0)
+#include "check.h"
 
 /* ---- A source: tensor bytes in memory, every read_src call checked ---- */
 
