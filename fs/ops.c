@@ -321,6 +321,40 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 }
 
 /*
+ * Every reply the daemon builds itself: fill a buffer, then check the backing
+ * file after the read (writers update mtime before they change bytes), so a
+ * truncated, rewritten or deleted file never shows wrong or short data.
+ */
+typedef int fill_fn(const void *ctx, char *buf, size_t size);
+
+static void reply_filled(fuse_req_t req, const struct shard *checked, size_t size, fill_fn *fill,
+			 const void *ctx)
+{
+	char *buf = malloc(size ? size : 1);
+	int rc = buf ? fill(ctx, buf, size) : -ENOMEM;
+
+	if (rc == 0 && checked && shard_changed(checked))
+		rc = -EIO;
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, buf, size);
+	free(buf);
+}
+
+struct backing_range {
+	const struct shard *sh;
+	uint64_t pos;
+};
+
+static int fill_backing(const void *ctx, char *buf, size_t size)
+{
+	const struct backing_range *r = ctx;
+
+	return shard_pread(r->sh, buf, size, r->pos);
+}
+
+/*
  * Bytes of the backing file at `pos`.  The check after the read is what keeps
  * a truncated, rewritten or deleted backing file from ever showing wrong or
  * short data: writers update mtime before they change bytes.
@@ -328,9 +362,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct shard *sh,
 			       uint64_t pos, size_t size)
 {
-	char *buf;
-	int rc;
-
 	if (fs->splice_write) {
 		/* Spliced replies cannot be checked after the read; check before. */
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
@@ -343,18 +374,8 @@ static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct
 			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
 	}
-	if (!(buf = malloc(size))) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	rc = shard_pread(sh, buf, size, pos);
-	if (rc == 0 && shard_changed(sh))
-		rc = -EIO;
-	if (rc < 0)
-		fuse_reply_err(req, -rc);
-	else
-		fuse_reply_buf(req, buf, size);
-	free(buf);
+	struct backing_range r = {sh, pos};
+	reply_filled(req, sh, size, fill_backing, &r);
 }
 
 /* Copies the part of [at, at+len) of one piece that overlaps the request [off, off+size). */
@@ -372,34 +393,46 @@ static int copy_piece(char *buf, uint64_t off, size_t size, uint64_t at, uint64_
 	return shard_pread(sh, buf + (from - off), to - from, 8 + (from - at));
 }
 
-static void reply_header_json(fuse_req_t req, const struct source *src, uint64_t off, size_t size)
+struct header_request {
+	const struct source *src;
+	uint64_t off;
+};
+
+/* {"label":header,...}: glue from memory, each header from its shard, each shard checked. */
+static int fill_header_json(const void *ctx, char *buf, size_t size)
 {
-	char *buf = malloc(size ? size : 1);
+	const struct header_request *r = ctx;
+	const struct source *src = r->src;
 	uint64_t at = 0;
-	int rc = buf ? 0 : -ENOMEM;
+	int rc = 0;
 
 	for (size_t i = 0; i <= src->n_shards && !rc; i++) {
 		size_t glen = strlen(src->glue[i]);
-		rc = copy_piece(buf, off, size, at, glen, src->glue[i], NULL);
+		rc = copy_piece(buf, r->off, size, at, glen, src->glue[i], NULL);
 		at += glen;
 		if (i < src->n_shards && !rc) {
 			const struct shard *sh = &src->shards[i];
-			rc = copy_piece(buf, off, size, at, sh->hdr.header_len, NULL, sh);
+			rc = copy_piece(buf, r->off, size, at, sh->hdr.header_len, NULL, sh);
 			if (!rc && shard_changed(sh))
 				rc = -EIO;
 			at += sh->hdr.header_len;
 		}
 	}
-	if (rc)
-		fuse_reply_err(req, -rc);
-	else
-		fuse_reply_buf(req, buf, size);
-	free(buf);
+	return rc;
+}
+
+static void reply_header_json(fuse_req_t req, const struct source *src, uint64_t off, size_t size)
+{
+	struct header_request r = {src, off};
+
+	reply_filled(req, NULL, size, fill_header_json, &r);
 }
 
 struct view_source {
 	const struct shard *sh;
 	uint64_t start; /* the tensor's first byte in the backing file */
+	const struct view_plan *plan;
+	uint64_t off; /* of the request in the view */
 };
 
 static int read_tensor_bytes(void *ctx, void *dst, size_t n, uint64_t src_off)
@@ -409,15 +442,20 @@ static int read_tensor_bytes(void *ctx, void *dst, size_t n, uint64_t src_off)
 	return shard_pread(vs->sh, dst, n, vs->start + src_off);
 }
 
+static int fill_view(const void *ctx, char *buf, size_t size)
+{
+	const struct view_source *vs = ctx;
+
+	return view_read(vs->plan, vs->off, size, buf, read_tensor_bytes, (void *)vs);
+}
+
 /* Contiguous raw views come from the backing file like tensors; the rest are gathered or converted. */
 static void read_view(fuse_req_t req, const struct fs *fs, const struct view_node *v, size_t size, off_t off)
 {
 	const struct node *n = &fs->tree.nodes[v->tensor];
 	const struct shard *sh = shard_of(fs, n);
-	struct view_source vs = {sh, sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin};
+	struct view_source vs = {sh, sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin, NULL, 0};
 	uint64_t src;
-	char *buf;
-	int rc;
 
 	if (off < 0 || (uint64_t)off >= v->plan.size) {
 		fuse_reply_buf(req, NULL, 0);
@@ -429,18 +467,9 @@ static void read_view(fuse_req_t req, const struct fs *fs, const struct view_nod
 		reply_from_backing(req, fs, sh, vs.start + src + (uint64_t)off, size);
 		return;
 	}
-	if (!(buf = malloc(size))) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	rc = view_read(&v->plan, (uint64_t)off, size, buf, read_tensor_bytes, &vs);
-	if (rc == 0 && shard_changed(sh))
-		rc = -EIO;
-	if (rc < 0)
-		fuse_reply_err(req, -rc);
-	else
-		fuse_reply_buf(req, buf, size);
-	free(buf);
+	vs.plan = &v->plan;
+	vs.off = (uint64_t)off;
+	reply_filled(req, sh, size, fill_view, &vs);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -452,8 +481,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	uint64_t total, start;
 
 	(void)fi;
-	if (view_of(fs, ino)) {
-		read_view(req, fs, view_of(fs, ino), size, off);
+	const struct view_node *v = view_of(fs, ino);
+	if (v) {
+		read_view(req, fs, v, size, off);
 		return;
 	}
 	if (!n || n->kind == NODE_DIR) {
