@@ -32,7 +32,7 @@ BINARIES   := $(BUILD)/safetensorsfs $(TEST_BINS)
 PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
 	TEST_BIN_DIR=$(abspath $(1)) $(VENV)/bin/python -m pytest -q -ra tests
 
-.PHONY: all deps venv test test-asan demo bench fuzz corpus stress install clean
+.PHONY: all deps venv test test-asan demo bench fuzz corpus stress install devcarry clean
 
 all: $(BINARIES)
 
@@ -109,5 +109,12 @@ install: $(BUILD)/safetensorsfs
 	install -D -m 0755 $(BUILD)/safetensorsfs $(DESTDIR)$(PREFIX)/bin/safetensorsfs
 	install -D -m 0644 safetensorsfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/safetensorsfs.1
 
+# The daemon and the two libraries GPU images lack, for scripts/gpu-check.sh's mount check
+# (the device tool carries .devcarry/ to a lent GPU machine).
+devcarry: $(BUILD)/safetensorsfs
+	rm -rf .devcarry && mkdir -p .devcarry/bin .devcarry/lib
+	cp $(BUILD)/safetensorsfs .devcarry/bin/
+	ldd $(BUILD)/safetensorsfs | awk '/libfuse3|libjson-c/ {print $$3}' | xargs -I{} cp -L {} .devcarry/lib/
+
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz .devcarry

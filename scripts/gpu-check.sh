@@ -245,7 +245,7 @@ grep '^# \|^FAIL' "$WORK/test_gpu.log" | head -20 | tee -a "$RESULT" || true
 # ---- 5. the model, the uploads, the comparisons (Python drives gpu_bench) ----
 step "model, uploads and measurements"
 set +e
-timeout 360 "$PY" - "$REPO" "$WORK" "$BUILD/gpu_bench" "$GIB" "$DEVICE" "$RESULT" <<'EOF' 2>&1 | tee "$WORK/measure.log" >&2
+timeout 300 "$PY" - "$REPO" "$WORK" "$BUILD/gpu_bench" "$GIB" "$DEVICE" "$RESULT" <<'EOF' 2>&1 | tee "$WORK/measure.log" >&2
 import json, os, struct, subprocess, sys, time
 
 repo, work, bench, gib, device, result = sys.argv[1:7]
@@ -539,11 +539,65 @@ if [ "$rc" -eq 3 ]; then
 	FAILURES=$((FAILURES + 1)) # the checks that failed said so
 elif [ "$rc" -eq 124 ]; then
 	FAILURES=$((FAILURES + 1))
-	say "FAIL  measurements ran past their 360 s"
+	say "FAIL  measurements ran past their 300 s"
 elif [ "$rc" -ne 0 ]; then
 	FAILURES=$((FAILURES + 1))
 	say "FAIL  measurements stopped (exit $rc):"
 	tail -5 "$WORK/measure.log" | sed 's/^/      /' | tee -a "$RESULT"
+fi
+
+# ---- 6. the same through a real mount: the daemon uploads, this machine's client maps ----
+# The daemon needs libfuse3 and json-c, which GPU images rarely have: SAFETENSORSFS_BIN names a
+# built daemon, else .devcarry/ (bin/safetensorsfs, lib/*.so.*: `make devcarry` fills it from
+# this build machine's Debian packages), else a `make` here where libfuse3's headers exist.
+step "mount"
+BIN=${SAFETENSORSFS_BIN:-}
+if [ -z "$BIN" ] && [ -x "$REPO/.devcarry/bin/safetensorsfs" ]; then
+	BIN=$REPO/.devcarry/bin/safetensorsfs
+	export LD_LIBRARY_PATH=$REPO/.devcarry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+if [ -z "$BIN" ] && pkg-config --exists fuse3 json-c 2>/dev/null; then
+	make -C "$REPO" BUILD="$WORK/fsbuild" "$WORK/fsbuild/safetensorsfs" >"$WORK/fsbuild.log" 2>&1 &&
+		BIN=$WORK/fsbuild/safetensorsfs
+fi
+[ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
+MODEL=$(ls "$WORK"/model-*GiB.safetensors 2>/dev/null | head -1 || true)
+if [ "$DEVICE" = host ]; then
+	say "skip  mount check: it needs a GPU"
+elif [ -z "$BIN" ]; then
+	say "skip  mount check: no daemon (set SAFETENSORSFS_BIN or carry .devcarry/)"
+elif [ ! -c /dev/fuse ]; then
+	say "skip  mount check: no /dev/fuse on this machine"
+elif [ -z "$MODEL" ]; then
+	say "skip  mount check: no model written"
+else
+	say "daemon: $("$BIN" --version 2>&1 | tr '\n' ' ')"
+	MNT=$WORK/mnt
+	mkdir -p "$MNT"
+	umount "$MNT" 2>/dev/null || true
+	"$BIN" -f -o gpu=cuda "$MODEL" "$MNT" 2>"$WORK/daemon.log" &
+	DAEMON=$!
+	for _ in $(seq 100); do [ -e "$MNT/.control" ] && break; sleep 0.1; done
+	if [ ! -e "$MNT/.control" ]; then
+		FAILURES=$((FAILURES + 1))
+		say "FAIL  the daemon did not mount: $(tail -3 "$WORK/daemon.log" | tr '\n' ' ')"
+		kill "$DAEMON" 2>/dev/null || true
+	else
+		set +e
+		timeout 180 "$PY" "$REPO/scripts/gpu_check_mount.py" "$MNT" "$DAEMON" "$MODEL" "$DEVICE" "$RESULT" \
+			>"$WORK/mount.log" 2>&1
+		rc=$?
+		set -e
+		[ "$rc" -eq 0 ] || FAILURES=$((FAILURES + 1))
+		[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || say "FAIL  mount check stopped (exit $rc): $(tail -3 "$WORK/mount.log" | tr '\n' ' ')"
+		umount "$MNT" 2>/dev/null || true
+		set +e
+		wait "$DAEMON"
+		drc=$?
+		set -e
+		[ "$drc" -eq 0 ] || { FAILURES=$((FAILURES + 1)); say "FAIL  the daemon exited $drc after unmount"; }
+		grep -i 'error\|warning' "$WORK/daemon.log" | head -5 | sed 's/^/      daemon: /' | tee -a "$RESULT" || true
+	fi
 fi
 
 step "done"
