@@ -19,9 +19,13 @@
 #    safetensors.torch.load_file(device="cuda"); one pinned copy of the same bytes (the bus
 #    limit, through torch and through the CUDA runtime directly); the second process mapping
 #    the uploaded weights through the client. The file is in the page cache for all of them.
+# 6. Mounts the model with the real daemon (-o gpu=cuda; .devcarry/ from `make devcarry`
+#    brings it and its libraries) and runs scripts/gpu_check_mount.py: uploads through
+#    /.control (whole model, a rank's slices), a fresh process mapping one, bad requests,
+#    free and unmount giving the GPU memory back.
 #
-# Results: $OUT/gpu-check.txt when OUT is set, else ./gpu-check.txt; logs beside it in
-# gpu-check-logs/. Exit status 0 iff every check passed.
+# Results: $OUT/gpu-check.txt and $OUT/gpu-check-logs.tar.gz when OUT is set, else
+# ./gpu-check.txt and ./gpu-check-logs/. Exit status 0 iff every check passed.
 #
 # Settings (environment): PYTHON (python3), CC (cc), GPU_CHECK_DIR (scratch, default
 # /tmp/safetensorsfs-gpu-check; the model is kept there for reruns), GPU_CHECK_GIB,
@@ -38,7 +42,7 @@ GIB=${GPU_CHECK_GIB:-4.25}
 DEVICE=${GPU_CHECK_DEVICE:-cuda:0}
 if [ -n "${OUT:-}" ]; then
 	RESULT=$OUT/gpu-check.txt
-	LOGS=$OUT/gpu-check-logs
+	LOGS=$WORK/logs # archived into $OUT/gpu-check-logs.tar.gz at the end
 else
 	RESULT=$PWD/gpu-check.txt
 	LOGS=$PWD/gpu-check-logs
@@ -60,6 +64,8 @@ on_exit() {
 		say "FAILED at step '$STEP' (exit $rc) after $(($(date +%s) - START)) s; logs in $LOGS"
 	fi
 	cp -f "$WORK"/*.log "$LOGS"/ 2>/dev/null || true
+	# The device tool brings back a few files only: the logs travel as one archive.
+	[ -z "${OUT:-}" ] || tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")" 2>/dev/null || true
 }
 trap on_exit EXIT
 check() { # check NAME COMMAND...: runs it, records PASS/FAIL, goes on either way
