@@ -55,6 +55,9 @@ struct gd_runtime {
 	/* Pinned host memory; -ENOMEM when the runtime refuses. */
 	int (*host_alloc)(void **ptr, size_t bytes, char *err, size_t errlen);
 	void (*host_free)(void *ptr);
+	/* Optional (NULL for hip): pins existing memory, read-only, for DMA from it. */
+	int (*host_register)(void *ptr, size_t bytes, char *err, size_t errlen);
+	void (*host_unregister)(void *ptr);
 	int (*stream_create)(void **stream, char *err, size_t errlen);
 	void (*stream_destroy)(void *stream);
 	int (*h2d_async)(void *dst, const void *src, size_t n, void *stream, char *err,

@@ -392,12 +392,14 @@ except Exception as e:
     failures += 1
 
 # -- readers and GPUDirect Storage variants (figures only, plus a byte check of the cuFile path) --
-for label, args in (("4 readers", ["--readers", "4"]), ("16 readers", ["--readers", "16"]),
+VARIANTS = (("GDS off", ["--gds", "off"]), ("a new buffer each run, as the daemon", ["--fresh"]),
+            ("4 readers", ["--readers", "4"]), ("16 readers", ["--readers", "16"]),
                     ("2 MiB pieces", ["--chunk", str(2 << 20)]),
                     ("32 MiB pieces", ["--chunk", str(32 << 20)]),
-                    ("cuFile (forced, compat mode where no nvidia-fs)", ["--gds", "force", "--verify"])):
+            ("cuFile (forced, compat mode where no nvidia-fs)", ["--gds", "force", "--verify"]))
+for label, args in VARIANTS:
     try:
-        ev, _ = run_bench(args + ["--repeat", "2"])
+        ev, _ = run_bench(args + ["--repeat", "3"])
         results[label] = uploads(ev)
         ver = [e for e in ev if e["event"] == "verify"]
         if ver:
@@ -506,6 +508,22 @@ try:
 except Exception as e:
     say("note  gpu_bench bus: %s" % e)
 
+# -- an experiment: DMA from the page cache itself, pinning an mmap of the file piece by piece --
+for chunk in (64 << 20, 256 << 20):
+    try:
+        if not on_gpu:
+            raise RuntimeError("no GPU")
+        p = subprocess.run([bench, "mapped", device, model, str(size), "--chunk", str(chunk),
+                            "--repeat", "3"], capture_output=True, text=True, timeout=120)
+        log(p.stdout.strip())
+        ev = [json.loads(l) for l in p.stdout.splitlines()]
+        if p.returncode != 0 or not ev or "error" in ev[0]:
+            say("note  mapped %d MiB: %s" % (chunk >> 20, (ev[0].get("error") if ev else p.stderr.strip())))
+            continue
+        results["mapped %d MiB" % (chunk >> 20)] = ev
+    except Exception as e:
+        say("note  mapped: %s" % e)
+
 # -- the figures --
 say("")
 say("GB/s of %d bytes of tensor data (GB = 1e9 bytes), file in the page cache; best of the runs"
@@ -523,14 +541,19 @@ if "ours" in results:
     u = results["ours"]
     row("our upload (gpu_direct to %s)" % device, [e["seconds"] for e in u],
         "path %s, %d readers, %d MiB pieces" % (u[0]["path"], u[0]["readers"], u[0]["chunk"] >> 20))
-for label in ("4 readers", "16 readers", "2 MiB pieces", "32 MiB pieces",
-              "cuFile (forced, compat mode where no nvidia-fs)"):
+for label, _ in VARIANTS:
     if label in results:
         u = results[label]
         row("  our upload, " + label, [e["seconds"] for e in u], "path " + u[0]["path"])
 row('safetensors.torch.load_file(device="%s")' % tdev, results.get("safetensors"))
 row("pinned copy of the same bytes, torch (bus limit)", results.get("bus_torch"))
 row("pinned copy of the same bytes, cudaMemcpyAsync (bus limit)", results.get("bus_c"))
+for k in sorted(k for k in results if k.startswith("mapped ")):
+    ev = results[k]
+    say("  %-58s %7.2f  [%6.2f]  of the whole file; pinning took %.3f s of %.3f s"
+        % ("experiment: DMA from an mmap pinned " + k[7:] + " at a time",
+           ev[0]["bytes"] / min(e["seconds"] for e in ev) / 1e9, ev[0]["gbps"],
+           min(e["register_seconds"] for e in ev), min(e["seconds"] for e in ev)))
 if "map" in results:
     say("  %-58s %7.0f  (%.2f ms: IPC open + %d tensor views, no copy)"
         % ("second process maps them through the client", gbps(results["map"]),

@@ -109,6 +109,9 @@ try:
         "load (command, upload, map) %.3f s = %.2f GB/s"
         % (nbytes / loaded.seconds / 1e9, loaded.seconds, nbytes, wall, nbytes / wall / 1e9))
     used = base_free - free_gib()
+    again = client.upload(mnt, ["model"])
+    say("      a second upload of the whole model: %.2f GB/s (%.3f s)" % (nbytes / again["seconds"] / 1e9, again["seconds"]))
+    client.free(mnt, again["id"])
     check(abs(used * (1 << 30) - loaded.bytes) < (64 << 20),
           "GPU memory taken by the buffer: %.2f GiB for %d bytes" % (used, loaded.bytes))
 
@@ -128,6 +131,25 @@ try:
     else:
         check(False, "third process: exit %d: %s" % (p.returncode, p.stderr.strip()[-400:]))
     client.free(mnt, up["id"])
+
+    # the C example client: builds against the CUDA toolkit, maps, prints the first bytes
+    here = os.path.dirname(os.path.abspath(__file__))
+    cuda = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    exe = os.path.join(os.path.dirname(result), "ipc_client")
+    b = subprocess.run(["cc", "-O2", "-o", exe, os.path.join(here, "ipc_client.c"),
+                        "-I" + cuda + "/include", "-L" + cuda + "/lib64", "-Wl,-rpath," + cuda + "/lib64",
+                        "-lcudart"], capture_output=True, text=True)
+    if b.returncode != 0:
+        check(False, "scripts/ipc_client.c builds: %s" % b.stderr.strip()[-300:])
+    else:
+        c = subprocess.run([exe, mnt, "--device", device, name.replace(".", "/")],
+                           capture_output=True, text=True, timeout=60)
+        hexes = c.stdout.split("bytes:", 1)[-1].split()
+        want = ref[name].reshape(-1).view(torch.uint8)[:len(hexes)].cpu().tolist()
+        check(c.returncode == 0 and hexes and [int(x, 16) for x in hexes] == want,
+              "scripts/ipc_client.c (cc, -lcudart) uploads %s, maps it by its handle and reads "
+              "the tensor's first %d bytes%s" % (name, len(hexes),
+                                                  "" if c.returncode == 0 else ": " + c.stderr.strip()))
 
     # one rank's slices: rows of one tensor, columns of another (a gathered view)
     w = sorted(n for n, t in ref.items() if t.dim() == 2 and t.shape[0] >= 1024 and t.shape[1] >= 1024)[0]

@@ -238,10 +238,13 @@ def _cuda_tensors(reply):
             if off + nbytes > size:
                 raise ControlError("tensor %s ends past the buffer (%d > %d)"
                                    % (t["name"], off + nbytes, size))
+            dt = _torch_dtype(t["dtype"])
+            if nbytes == 0:  # no memory to point at (and DLPack gives it stride 0)
+                out[t["name"]] = torch.empty(shape, dtype=dt or torch.uint8, device=dev)
+                continue
             raw = cupy.ndarray((nbytes,), dtype=cupy.uint8,
                                memptr=cupy.cuda.MemoryPointer(mem, off))
             u8 = torch.from_dlpack(raw)
-            dt = _torch_dtype(t["dtype"])
             out[t["name"]] = u8 if dt is None else u8.view(dt).reshape(shape)
     return out
 
@@ -259,8 +262,9 @@ def arrays(reply):
                        "hipIpcOpenMemHandle)" % dev)
 
 
-def load(mountpoint, patterns, device="host", keep=None):
-    """Uploads the tensors the patterns match to device and maps them: a Loaded (a dict
+def load(mountpoint, patterns, device=None, keep=None):
+    """Uploads the tensors the patterns match to device (None: the mount's -o gpu= default)
+    and maps them: a Loaded (a dict
     name -> numpy array for host, torch tensor for cuda, zero copy). A host buffer is freed
     once mapped unless keep=True (the mapping outlives it); a GPU buffer is kept unless
     keep=False, since CUDA mappings must not outlive the daemon's memory: free it with
@@ -296,7 +300,7 @@ def main(argv=None):
         "through its .control file and map them.")
     p.add_argument("mountpoint")
     p.add_argument("patterns", nargs="*", help="tensor paths, views, directories or globs")
-    p.add_argument("--device", default="host", help="cuda:N, hip:N or host (default host)")
+    p.add_argument("--device", help="cuda:N, hip:N or host (default: the mount's -o gpu=)")
     p.add_argument("--json", action="store_true", help="print the upload reply as JSON too")
     p.add_argument("--keep", action="store_true", help="leave the buffer for other clients")
     p.add_argument("--backends", action="store_true", help="print what the machine can do")
