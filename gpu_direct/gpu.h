@@ -87,7 +87,7 @@ struct gpu_backend_info {
 /* Tuning for gpu_upload; NULL or zeroed fields take the defaults. */
 struct gpu_upload_opts {
 	unsigned readers;     /* reader threads (default: online CPUs, at most 8) */
-	uint64_t chunk_bytes; /* bytes per pread and per staging buffer (default 8 MiB) */
+	uint64_t chunk_bytes; /* bytes per pread and per staging buffer (default 2 MiB) */
 	unsigned flags;       /* GPU_UPLOAD_* */
 };
 #define GPU_UPLOAD_NO_GDS 1u      /* never use GPUDirect Storage */

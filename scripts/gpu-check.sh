@@ -392,10 +392,12 @@ except Exception as e:
     failures += 1
 
 # -- readers and GPUDirect Storage variants (figures only, plus a byte check of the cuFile path) --
-VARIANTS = (("GDS off", ["--gds", "off"]), ("a new buffer each run, as the daemon", ["--fresh"]),
+VARIANTS = (("a new buffer each run, as the daemon", ["--fresh"]),
+            ("512 KiB pieces", ["--chunk", str(512 << 10)]),
+            ("1 MiB pieces", ["--chunk", str(1 << 20)]),
+            ("4 MiB pieces", ["--chunk", str(4 << 20)]),
+            ("8 MiB pieces", ["--chunk", str(8 << 20)]),
             ("4 readers", ["--readers", "4"]), ("16 readers", ["--readers", "16"]),
-                    ("2 MiB pieces", ["--chunk", str(2 << 20)]),
-                    ("32 MiB pieces", ["--chunk", str(32 << 20)]),
             ("cuFile (forced, compat mode where no nvidia-fs)", ["--gds", "force", "--verify"]))
 for label, args in VARIANTS:
     try:
@@ -508,22 +510,6 @@ try:
 except Exception as e:
     say("note  gpu_bench bus: %s" % e)
 
-# -- an experiment: DMA from the page cache itself, pinning an mmap of the file piece by piece --
-for chunk in (64 << 20, 256 << 20):
-    try:
-        if not on_gpu:
-            raise RuntimeError("no GPU")
-        p = subprocess.run([bench, "mapped", device, model, str(size), "--chunk", str(chunk),
-                            "--repeat", "3"], capture_output=True, text=True, timeout=120)
-        log(p.stdout.strip())
-        ev = [json.loads(l) for l in p.stdout.splitlines()]
-        if p.returncode != 0 or not ev or "error" in ev[0]:
-            say("note  mapped %d MiB: %s" % (chunk >> 20, (ev[0].get("error") if ev else p.stderr.strip())))
-            continue
-        results["mapped %d MiB" % (chunk >> 20)] = ev
-    except Exception as e:
-        say("note  mapped: %s" % e)
-
 # -- the figures --
 say("")
 say("GB/s of %d bytes of tensor data (GB = 1e9 bytes), file in the page cache; best of the runs"
@@ -548,12 +534,6 @@ for label, _ in VARIANTS:
 row('safetensors.torch.load_file(device="%s")' % tdev, results.get("safetensors"))
 row("pinned copy of the same bytes, torch (bus limit)", results.get("bus_torch"))
 row("pinned copy of the same bytes, cudaMemcpyAsync (bus limit)", results.get("bus_c"))
-for k in sorted(k for k in results if k.startswith("mapped ")):
-    ev = results[k]
-    say("  %-58s %7.2f  [%6.2f]  of the whole file; pinning took %.3f s of %.3f s"
-        % ("experiment: DMA from an mmap pinned " + k[7:] + " at a time",
-           ev[0]["bytes"] / min(e["seconds"] for e in ev) / 1e9, ev[0]["gbps"],
-           min(e["register_seconds"] for e in ev), min(e["seconds"] for e in ev)))
 if "map" in results:
     say("  %-58s %7.0f  (%.2f ms: IPC open + %d tensor views, no copy)"
         % ("second process maps them through the client", gbps(results["map"]),

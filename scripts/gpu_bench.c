@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "../gpu_direct/gpu.h"
@@ -285,88 +284,6 @@ static int bus(int argc, char **argv)
 	return 0;
 }
 
-/* An experiment: DMA straight from the page cache, pinning an mmap of the file chunk by
- * chunk (cudaHostRegister, read-only) instead of copying into pinned staging buffers. */
-static int mapped(int argc, char **argv)
-{
-	enum gpu_kind kind;
-	int device, repeat = 3;
-	size_t chunk = 64u << 20;
-	char err[512], name[32];
-	void *dev = NULL, *stream[2] = { NULL, NULL };
-
-	if (argc < 5)
-		die("usage: mapped DEVICE FILE BYTES [--chunk N] [--repeat K]%s%s", "", "");
-	if (gpu_parse_device(argv[2], &kind, &device) < 0 || kind == GPU_HOST)
-		die("bad device %s (cuda:N)%s", argv[2], "");
-	for (int i = 5; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--repeat") == 0)
-			repeat = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--chunk") == 0)
-			chunk = (size_t)strtoull(argv[i + 1], NULL, 0) & ~(size_t)4095;
-	}
-	const struct gd_runtime *rt = kind == GPU_CUDA ? &gd_cuda_runtime : &gd_hip_runtime;
-	size_t bytes = (size_t)strtoull(argv[4], NULL, 0);
-	int fd = open(argv[3], O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0 || !rt->host_register || chunk == 0)
-		die("mapped: %s%s", fd < 0 ? strerror(errno) : "no host_register or chunk 0", "");
-	char *map = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED)
-		die("mmap: %s%s", strerror(errno), "");
-	if (rt->load(err, sizeof err) < 0 || rt->set_device(device, err, sizeof err) < 0 ||
-	    rt->dev_alloc(&dev, bytes, err, sizeof err) < 0 ||
-	    rt->stream_create(&stream[0], err, sizeof err) < 0 ||
-	    rt->stream_create(&stream[1], err, sizeof err) < 0)
-		die("mapped: %s%s", err, "");
-	gpu_device_name(kind, device, name, sizeof name);
-	for (int k = 0; k < repeat; k++) {
-		double t0 = gd_now(), reg_s = 0;
-		char *pinned[2] = { NULL, NULL };
-		size_t idx = 0;
-
-		for (size_t off = 0; off < bytes; off += chunk, idx++) {
-			size_t len = bytes - off < chunk ? bytes - off : chunk;
-			unsigned s = idx % 2;
-
-			if (pinned[s]) {
-				if (rt->stream_sync(stream[s], err, sizeof err) < 0)
-					die("mapped: %s%s", err, "");
-				rt->host_unregister(pinned[s]);
-			}
-			double r0 = gd_now();
-			if (rt->host_register(map + off, len, err, sizeof err) < 0) {
-				printf("{\"event\":\"mapped\",\"error\":");
-				json_str(err);
-				printf("}\n");
-				return 0;
-			}
-			reg_s += gd_now() - r0;
-			pinned[s] = map + off;
-			if (rt->h2d_async((char *)dev + off, map + off, len, stream[s], err,
-					  sizeof err) < 0)
-				die("mapped: %s%s", err, "");
-		}
-		for (unsigned s = 0; s < 2; s++)
-			if (pinned[s]) {
-				if (rt->stream_sync(stream[s], err, sizeof err) < 0)
-					die("mapped: %s%s", err, "");
-				rt->host_unregister(pinned[s]);
-			}
-		double sec = gd_now() - t0;
-		printf("{\"event\":\"mapped\",\"run\":%d,\"device\":\"%s\",\"seconds\":%.6f,"
-		       "\"register_seconds\":%.6f,\"bytes\":%zu,\"chunk\":%zu,\"gbps\":%.3f}\n",
-		       k, name, sec, reg_s, bytes, chunk, bytes / sec / 1e9);
-		fflush(stdout);
-	}
-	rt->stream_destroy(stream[0]);
-	rt->stream_destroy(stream[1]);
-	rt->dev_free(dev);
-	munmap(map, bytes);
-	close(fd);
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && strcmp(argv[1], "backends") == 0)
@@ -375,9 +292,7 @@ int main(int argc, char **argv)
 		return upload(argc, argv);
 	if (argc >= 2 && strcmp(argv[1], "bus") == 0)
 		return bus(argc, argv);
-	if (argc >= 2 && strcmp(argv[1], "mapped") == 0)
-		return mapped(argc, argv);
 	fprintf(stderr, "usage: gpu_bench backends | upload DEVICE FILE RANGES [options] | "
-			"bus DEVICE FILE BYTES [--repeat K] | mapped DEVICE FILE BYTES [--chunk N] [--repeat K]\n");
+			"bus DEVICE FILE BYTES [--repeat K]\n");
 	return 2;
 }

@@ -77,7 +77,8 @@ import safetensorsfs_client as client
 reply = json.loads(sys.stdin.read())
 name = sys.argv[2]
 index = int(reply["device"].split(":")[1])
-torch.cuda.set_device(index); cupy.cuda.Device(index).use(); cupy.zeros(1); torch.zeros(1, device=reply["device"])
+torch.cuda.set_device(index); cupy.cuda.Device(index).use(); cupy.zeros(1)
+torch.zeros(8, device=reply["device"], dtype=torch.bfloat16).float().sum().item()  # kernels loaded
 t0 = time.perf_counter()
 ts = client.arrays(reply)
 s = float(ts[name].float().sum().item())
