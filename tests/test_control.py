@@ -100,6 +100,14 @@ def test_client_load(model, mount):
         assert arr.tobytes() == expected(model, name)
 
 
+def test_client_load_uses_the_mounts_default_device(model, mount):
+    # gpu=none: an upload without device= is refused, so load() must not name a device itself
+    m = mount(model, "-o", "gpu=none")
+    with pytest.raises(client.ControlError):
+        client.load(m.mnt, ["lm_head"])
+    assert client.load(m.mnt, ["lm_head"], device="host").device == "host"
+
+
 def test_unmount_frees_buffers(model, tmp_path):
     with util.mounted(model, tmp_path / "mnt") as m:
         r = exchange(m.mnt, "upload device=host lm_head")
