@@ -45,8 +45,6 @@ _Static_assert(sizeof(cudaIpcMemHandle_t) == GD_IPC_BYTES, "cudaIpcMemHandle_t i
 	X(cudaError_t, cudaFree, (void *devPtr))                                               \
 	X(cudaError_t, cudaHostAlloc, (void **pHost, size_t size, unsigned int flags))         \
 	X(cudaError_t, cudaFreeHost, (void *ptr))                                              \
-	X(cudaError_t, cudaHostRegister, (void *ptr, size_t size, unsigned int flags))         \
-	X(cudaError_t, cudaHostUnregister, (void *ptr))                                        \
 	X(cudaError_t, cudaStreamCreateWithFlags, (cudaStream_t * pStream, unsigned int flags)) \
 	X(cudaError_t, cudaStreamDestroy, (cudaStream_t stream))                               \
 	X(cudaError_t, cudaStreamSynchronize, (cudaStream_t stream))                           \
@@ -196,19 +194,6 @@ static int cu_host_alloc(void **ptr, size_t bytes, char *err, size_t errlen)
 static void cu_host_free(void *ptr)
 {
 	cu.cudaFreeHost(ptr);
-}
-
-/* Read-only: file-backed pages (an mmap of the backing file) can be pinned only so. */
-static int cu_host_register(void *ptr, size_t bytes, char *err, size_t errlen)
-{
-	CU_TRY(cu.cudaHostRegister(ptr, bytes, cudaHostRegisterPortable | cudaHostRegisterReadOnly),
-	       "cudaHostRegister");
-	return 0;
-}
-
-static void cu_host_unregister(void *ptr)
-{
-	cu.cudaHostUnregister(ptr);
 }
 
 static int cu_stream_create(void **stream, char *err, size_t errlen)
@@ -526,8 +511,6 @@ const struct gd_runtime gd_cuda_runtime = {
 	.ipc_handle = cu_ipc_handle,
 	.host_alloc = cu_host_alloc,
 	.host_free = cu_host_free,
-	.host_register = cu_host_register,
-	.host_unregister = cu_host_unregister,
 	.stream_create = cu_stream_create,
 	.stream_destroy = cu_stream_destroy,
 	.h2d_async = cu_h2d_async,

@@ -6,7 +6,6 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,92 +198,8 @@ out:
 	return rc;
 }
 
-/* Cuts the ranges after `bytes` bytes: the first part into *head, the rest into *tail (each
- * array holds at most n + 1 ranges: one range may be cut in two). */
-static int split_ranges(const struct gpu_range *r, size_t n, uint64_t bytes,
-			struct gpu_range **head, size_t *nh, struct gpu_range **tail, size_t *nt)
-{
-	*head = calloc(n + 1, sizeof **head);
-	*tail = calloc(n + 1, sizeof **tail);
-	if (!*head || !*tail) {
-		free(*head);
-		free(*tail);
-		return -ENOMEM;
-	}
-	*nh = *nt = 0;
-	for (size_t i = 0; i < n; i++) {
-		struct gpu_range x = r[i];
-		uint64_t take = x.nbytes < bytes ? x.nbytes : bytes;
-
-		if (take) {
-			(*head)[(*nh)++] = (struct gpu_range){ .fd = x.fd, .file_offset = x.file_offset,
-								.nbytes = take, .dst_offset = x.dst_offset };
-			bytes -= take;
-		}
-		if (take < x.nbytes)
-			(*tail)[(*nt)++] = (struct gpu_range){ .fd = x.fd,
-								.file_offset = x.file_offset + take,
-								.nbytes = x.nbytes - take,
-								.dst_offset = x.dst_offset + take };
-	}
-	return 0;
-}
-
-struct mapped_job {
-	struct gpu_buffer *b;
-	const struct gpu_range *r;
-	size_t n;
-	unsigned threads;
-	int rc;
-	char err[256];
-};
-
-static void *mapped_job_run(void *arg)
-{
-	struct mapped_job *j = arg;
-
-	j->rc = gd_upload_mapped(j->b, j->r, j->n, j->threads, GD_MAPPED_CHUNK, j->err,
-				 sizeof j->err);
-	return NULL;
-}
-
-/* The staging pipeline, with mapped_percent of the bytes DMAed from pinned page-cache pages
- * at the same time (the two share the bus, but only the pipeline needs the CPU's copies). */
-static int upload_staged_and_mapped(struct gpu_buffer *b, const struct gpu_range *r, size_t n,
-				    const struct gpu_upload_opts *o, struct gpu_upload_stats *st,
-				    char *err, size_t errlen)
-{
-	uint64_t total = 0;
-	struct gpu_range *head, *tail;
-	size_t nh, nt;
-	pthread_t tid;
-
-	if (o->mapped_percent == 0 || !b->rt->host_register)
-		return upload_staged(b, r, n, o->readers, o->chunk_bytes, st, err, errlen);
-	for (size_t i = 0; i < n; i++)
-		total += r[i].nbytes;
-	if (split_ranges(r, n, total / 100 * o->mapped_percent, &head, &nh, &tail, &nt) < 0)
-		return gd_fail(-ENOMEM, err, errlen, "out of memory");
-
-	struct mapped_job j = { .b = b, .r = head, .n = nh, .threads = o->mapped_threads };
-	int started = pthread_create(&tid, NULL, mapped_job_run, &j) == 0;
-	if (!started)
-		mapped_job_run(&j);
-	int rc = upload_staged(b, tail, nt, o->readers, o->chunk_bytes, st, err, errlen);
-	if (started)
-		pthread_join(tid, NULL);
-	if (rc == 0 && j.rc < 0)
-		rc = gd_fail(j.rc, err, errlen, "%s:%d: from the page cache: %s", b->rt->name,
-			     b->device, j.err);
-	if (rc == 0 && nh)
-		st->path = "pinned+mapped";
-	free(head);
-	free(tail);
-	return rc;
-}
-
-int gd_device_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n,
-		     const struct gpu_upload_opts *o, struct gpu_upload_stats *st, char *err,
+int gd_device_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n, unsigned readers,
+		     uint64_t chunk, unsigned flags, struct gpu_upload_stats *st, char *err,
 		     size_t errlen)
 {
 	const struct gd_runtime *rt = b->rt;
@@ -294,27 +209,26 @@ int gd_device_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n,
 	if ((rc = rt->set_device(b->device, msg, sizeof msg)) < 0)
 		return gd_fail(rc, err, errlen, "%s:%d: %s", rt->name, b->device, msg);
 
-	if (o->flags & GPU_UPLOAD_NO_GDS) {
+	if (flags & GPU_UPLOAD_NO_GDS) {
 		gd_say(note, sizeof note, "gds: not asked for");
 	} else if (!rt->direct) {
 		gd_say(note, sizeof note, "gds: %s has no GPUDirect Storage path", rt->name);
 	} else {
-		rc = rt->direct(b, r, n, o->readers, o->chunk_bytes, o->flags, note, sizeof note,
-				msg, sizeof msg);
+		rc = rt->direct(b, r, n, readers, chunk, flags, note, sizeof note, msg, sizeof msg);
 		if (rc == 1) {
 			st->path = "gds";
 			return 0;
 		}
 		if (rc < 0) {
-			if (o->flags & GPU_UPLOAD_REQUIRE_GDS)
+			if (flags & GPU_UPLOAD_REQUIRE_GDS)
 				return gd_fail(rc, err, errlen, "%s:%d: gds: %s", rt->name,
 					       b->device, msg);
 			/* Staging rewrites every byte, so a half-done direct upload is harmless. */
 			gd_say(note, sizeof note, "gds failed (%s): staged instead", msg);
 		}
 	}
-	if (o->flags & GPU_UPLOAD_REQUIRE_GDS)
+	if (flags & GPU_UPLOAD_REQUIRE_GDS)
 		return gd_fail(-ENOTSUP, err, errlen, "%s:%d: %s", rt->name, b->device, note);
 	gd_say(st->note, sizeof st->note, "%s", note);
-	return upload_staged_and_mapped(b, r, n, o, st, err, errlen);
+	return upload_staged(b, r, n, readers, chunk, st, err, errlen);
 }

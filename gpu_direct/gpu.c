@@ -189,15 +189,12 @@ int gpu_upload(struct gpu_buffer *b, const struct gpu_range *ranges, size_t n,
 	if (o.chunk_bytes > (1u << 30))
 		o.chunk_bytes = 1u << 30;
 	o.readers = gd_readers(o.readers);
-	if (o.mapped_percent > 100)
-		o.mapped_percent = 100;
-	if (o.mapped_threads == 0)
-		o.mapped_threads = 4;
 
 	if (b->kind == GPU_HOST)
 		rc = gd_host_upload(b, ranges, n, o.readers, o.chunk_bytes, &st, err, errlen);
 	else
-		rc = gd_device_upload(b, ranges, n, &o, &st, err, errlen);
+		rc = gd_device_upload(b, ranges, n, o.readers, o.chunk_bytes, o.flags, &st, err,
+				      errlen);
 	st.seconds = gd_now() - t0;
 	if (stats)
 		*stats = st;

@@ -89,10 +89,6 @@ struct gpu_upload_opts {
 	unsigned readers;     /* reader threads (default: online CPUs, at most 8) */
 	uint64_t chunk_bytes; /* bytes per pread and per staging buffer (default 2 MiB) */
 	unsigned flags;       /* GPU_UPLOAD_* */
-	/* cuda: the share of the bytes (percent) DMAed straight from pinned page-cache pages
-	 * beside the staging pipeline, on mapped_threads threads (default 0: all staged). */
-	unsigned mapped_percent;
-	unsigned mapped_threads;
 };
 #define GPU_UPLOAD_NO_GDS 1u      /* never use GPUDirect Storage */
 #define GPU_UPLOAD_REQUIRE_GDS 2u /* fail (-ENOTSUP) rather than upload another way */
@@ -105,7 +101,7 @@ struct gpu_upload_opts {
 struct gpu_upload_stats {
 	double seconds;   /* wall time of the whole call, setup and staging buffers included */
 	uint64_t bytes;   /* sum of the ranges' nbytes */
-	const char *path; /* "gds", "pinned", "pinned+mapped", "pageable" or "host" (static) */
+	const char *path; /* "gds", "pinned", "pageable" or "host" (a static string) */
 	char note[192];   /* why a faster path was not taken, or "" */
 };
 

@@ -21,8 +21,6 @@
 /* Small enough that the staging slots stay in the CPU's cache: 2 MiB pieces uploaded at
  * 1.8x the speed of 8 MiB ones on an H100 (docs/BENCHMARKS.md). */
 #define GD_DEFAULT_CHUNK (2u << 20)
-/* Pieces pinned and copied at once from the page cache: pinning has a cost per call. */
-#define GD_MAPPED_CHUNK (64u << 20)
 #define GD_MAX_READERS 64
 #define GD_DEFAULT_MAX_READERS 8
 #define GD_MAX_STAGING (1ull << 30) /* pinned staging memory of one upload, at most */
@@ -59,9 +57,6 @@ struct gd_runtime {
 	/* Pinned host memory; -ENOMEM when the runtime refuses. */
 	int (*host_alloc)(void **ptr, size_t bytes, char *err, size_t errlen);
 	void (*host_free)(void *ptr);
-	/* Optional (NULL for hip): pins existing memory read-only (an mmap of a file too). */
-	int (*host_register)(void *ptr, size_t bytes, char *err, size_t errlen);
-	void (*host_unregister)(void *ptr);
 	int (*stream_create)(void **stream, char *err, size_t errlen);
 	void (*stream_destroy)(void *stream);
 	int (*h2d_async)(void *dst, const void *src, size_t n, void *stream, char *err,
@@ -83,8 +78,8 @@ extern const struct gd_runtime gd_hip_runtime;
 /* device.c: the cuda and hip backends. */
 int gd_device_alloc(const struct gd_runtime *rt, int device, struct gpu_buffer *b, char *err,
 		    size_t errlen);
-int gd_device_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n,
-		     const struct gpu_upload_opts *o, struct gpu_upload_stats *st, char *err,
+int gd_device_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n, unsigned readers,
+		     uint64_t chunk, unsigned flags, struct gpu_upload_stats *st, char *err,
 		     size_t errlen);
 int gd_device_read(const struct gpu_buffer *b, uint64_t off, void *dst, uint64_t n, char *err,
 		   size_t errlen);
@@ -95,10 +90,6 @@ int gd_device_count(const struct gd_runtime *rt, char *detail, size_t detaillen)
  * names (NULL-terminated) that opens; its name goes to libname. NULL and why if none. */
 void *gd_dlopen_first(const char *env, const char *const *names, char *libname, size_t len,
 		      char *why, size_t whylen);
-
-/* mapped.c: DMA from pinned page-cache pages, pieces of at most chunk bytes on threads. */
-int gd_upload_mapped(struct gpu_buffer *b, const struct gpu_range *r, size_t n, unsigned threads,
-		     uint64_t chunk, char *err, size_t errlen);
 
 /* host.c */
 int gd_host_alloc(struct gpu_buffer *b, char *err, size_t errlen);

@@ -158,10 +158,6 @@ static int upload(int argc, char **argv)
 			do_verify = 1;
 		else if (strcmp(argv[i], "--hold") == 0)
 			hold = 1;
-		else if (strcmp(argv[i], "--mapped") == 0 && i + 1 < argc)
-			o.mapped_percent = (unsigned)atoi(argv[++i]);
-		else if (strcmp(argv[i], "--mapped-threads") == 0 && i + 1 < argc)
-			o.mapped_threads = (unsigned)atoi(argv[++i]);
 		else if (strcmp(argv[i], "--fresh") == 0) /* a new buffer each run, as the daemon */
 			fresh = 1;
 		else if (strcmp(argv[i], "--gds") == 0 && i + 1 < argc) {

@@ -129,13 +129,11 @@ static int verify(const unsigned char *buf, const char *what)
 }
 
 static const struct gpu_upload_opts settings[] = {
-	{ 0, 0, 0, 0, 0 },       /* defaults */
-	{ 1, 0, 0, 0, 0 },       /* one reader */
-	{ 4, 4097, 0, 0, 0 },    /* many odd-sized pieces */
-	{ 8, 65536, 0, 0, 0 },   /* more readers than most ranges have pieces */
-	{ 3, 1 << 20, 0, 0, 0 },
-	{ 4, 4097, 0, 50, 3 },   /* cuda: half from pinned page-cache pages, cut mid-range */
-	{ 0, 0, 0, 100, 1 },     /* cuda: all of it so */
+	{ 0, 0, 0 },      /* defaults */
+	{ 1, 0, 0 },      /* one reader */
+	{ 4, 4097, 0 },   /* many odd-sized pieces */
+	{ 8, 65536, 0 },  /* more readers than most ranges have pieces */
+	{ 3, 1 << 20, 0 },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
