@@ -35,7 +35,9 @@ class Mount:
         deadline = time.monotonic() + 10
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mount failed: {self.proc.stderr.read().decode()}")
+                self.proc.kill()  # a daemon that hangs before mounting must not outlive the run
+                self.proc.wait()
+                raise RuntimeError(f"mount of {self.cmd[-2]} failed: {self.proc.stderr.read().decode()}")
             time.sleep(0.005)
         return self
 
@@ -44,7 +46,13 @@ class Mount:
             if subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
-        self.proc.wait(timeout=10)
+        else:  # still busy after 5 s: detach it, so no mount outlives the run
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def read_range(path, offset, length, buf):
@@ -64,6 +72,29 @@ def timed(fn):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def size_label(n):
+    return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
+
+
+def big_model(args, work):
+    """The one-tensor model (tensor `w`, args.tensor_bytes) that several cases read, written once
+    per run. Returns the file, the tensor's offset in it and its size, with the file warm."""
+    size = args.tensor_bytes
+    model = work / "big.safetensors"
+    if not model.exists():
+        save_file({"w": np.ones(size // 2, dtype=np.float16)}, str(model))
+    with model.open("rb") as f:
+        offset = 8 + int.from_bytes(f.read(8), "little")
+    read_range(model, offset, size, bytearray(CHUNK))
+    return model, offset, size
+
+
+def mountpoint(work, name="mnt"):
+    mnt = work / name
+    mnt.mkdir(exist_ok=True)
+    return mnt
 
 
 def pairs(n, first, second):
@@ -90,15 +121,9 @@ def summary(name, label_a, label_b, ta, tb, nbytes, goal):
 
 def case_sequential_warm(args, work):
     """A 2 GiB tensor: first read through a fresh mount, and a re-read, against pread of the backing file."""
-    size = args.gib << 30
-    model = work / "big.safetensors"
-    if not model.exists():
-        save_file({"w": np.ones(size // 2, dtype=np.float16)}, str(model))
-    mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
-    offset = 8 + int.from_bytes(model.open("rb").read(8), "little")
+    model, offset, size = big_model(args, work)
+    mnt = mountpoint(work)
     buf = bytearray(CHUNK)
-    read_range(model, offset, size, buf)  # warm the backing file's page cache
     results = []
     for label, options in args.variants:
         first, again, direct1, direct2 = [], [], [], []
@@ -108,9 +133,9 @@ def case_sequential_warm(args, work):
                 first.append(timed(lambda: read_range(mnt / "w", 0, size, buf)))
                 direct2.append(timed(lambda: read_range(model, offset, size, buf)))
                 again.append(timed(lambda: read_range(mnt / "w", 0, size, buf)))
-        results.append(summary(f"{args.gib} GiB tensor, warm backing file, first read after mount {label}",
+        results.append(summary(f"{size_label(size)} tensor, warm backing file, first read after mount {label}",
                                "pread of the backing file", "the mount", direct1, first, size, 0.45))
-        results.append(summary(f"{args.gib} GiB tensor, re-read (FUSE page cache) {label}",
+        results.append(summary(f"{size_label(size)} tensor, re-read (FUSE page cache) {label}",
                                "pread of the backing file", "the mount", direct2, again, size, 0.9))
     return results
 
@@ -121,6 +146,14 @@ def mount_seconds(binary, source, mnt):
     with Mount(binary, source, mnt):
         took = time.perf_counter() - t
     return took
+
+
+def header_model(work, count):
+    """A `count`-tensor model in work/h{count}/, written once per run (several cases mount it)."""
+    d = work / f"h{count}"
+    d.mkdir(exist_ok=True)
+    model = d / "model.safetensors"
+    return model if model.exists() else many_tensor_model(model, count)
 
 
 def many_tensor_model(path, count, shards=1):
@@ -149,10 +182,9 @@ def case_mount_time(args, work):
     results = []
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
-    for count, goal in ((10_000, None), (100_000, 1.5), (300_000, None)):
-        d = work / f"h{count}"
-        d.mkdir(exist_ok=True)
-        model = many_tensor_model(d / "model.safetensors", count)
+    counts = ((10_000, None),) if args.quick else ((10_000, None), (100_000, 1.5), (300_000, None))
+    for count, goal in counts:
+        model = header_model(work, count)
 
         def keys():
             with safe_open(str(model), "np") as f:
@@ -161,7 +193,7 @@ def case_mount_time(args, work):
         r = summary(f"mount, header of {count} tensors", "safe_open().keys()", "mount until it answers",
                     ta, tb, 0, goal if goal else 0)
         r["a_s"], r["b_s"] = statistics.median(ta), statistics.median(tb)
-        r["note"] = f"mount {r['b_s']:.3f} s, safe_open {r['a_s']:.3f} s"
+        r["note"] = f"time ratio; mount {r['b_s']:.3f} s, safe_open {r['a_s']:.3f} s"
         # the goal is a time ratio (mount ≤ 1.5× safe_open) and 100k ≤ 0.3 s
         r["median"], r["min"], r["max"] = [1 / x for x in (r["median"], r["max"], r["min"])]
         r["goal_kind"] = "≤"
@@ -185,7 +217,7 @@ def case_views(args, work):
     of a 1 GiB BF16 matrix against safe_open(...).get_slice(...)[:, a:b]."""
     import ml_dtypes
     from safetensors import safe_open
-    rows, cols = 16384, 32768  # 1 GiB of BF16
+    rows, cols = (4096 if args.quick else 16384), 32768  # 1 GiB of BF16 (256 MiB with --quick)
     model = work / "views.safetensors"
     save_file({"w": np.ones((rows, cols), dtype=ml_dtypes.bfloat16)}, str(model))
     mnt = work / "mnt"
@@ -208,13 +240,14 @@ def case_views(args, work):
     t_theirs, t_ours = pairs(args.pairs, lambda: timed(theirs),
                              lambda: first_read(lambda: np.fromfile(mnt / f"w[:,{a}:{b}]", dtype=np.uint16)))
     out = rows * cols * 4
-    results.append({"case": "1 GiB BF16 tensor read as `w@F32` through the mount", "a": "—",
+    results.append({"case": f"{size_label(rows * cols * 2)} BF16 tensor read as `w@F32` through the mount", "a": "—",
                     "b": "the mount", "a_gbs": float("nan"), "b_gbs": out / statistics.median(conv) / 1e9,
                     "median": out / statistics.median(conv) / 1e9, "min": out / max(conv) / 1e9,
                     "max": out / min(conv) / 1e9, "goal": 1.0, "goal_kind": "≥",
                     "noise_a": 0, "noise_b": (max(conv) - min(conv)) / statistics.median(conv),
                     "note": f"{out / statistics.median(conv) / 1e9:.2f} GB/s of output"})
-    results.append(summary("rank 3 of 8 column block of a 1 GiB BF16 matrix", "safe_open get_slice[:, a:b]",
+    results.append(summary(f"rank 3 of 8 column block of a {size_label(rows * cols * 2)} BF16 matrix",
+                           "safe_open get_slice[:, a:b]",
                            "the mount `w[:,a:b]`", t_theirs, t_ours, rows * (b - a) * 2, 1.0))
     return results
 
@@ -224,38 +257,48 @@ def machine():
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), kernel {platform.release()}"
 
 
+def goal_parts(r):
+    """goal_kind "≥" or "≤" compares the row's ratio (×); "≤ s" or "≤ MiB" its value in that unit."""
+    comparison, _, unit = r.get("goal_kind", "≥").partition(" ")
+    return comparison, unit
+
+
 def goal_text(r):
-    kind = r.get("goal_kind", "≥")
-    if kind == "≤ s":
-        return f"≤ {r['goal']} s"
-    text = f"{kind} {r['goal']}×"
+    comparison, unit = goal_parts(r)
+    text = f"{comparison} {r['goal']:g} {unit}" if unit else f"{comparison} {r['goal']:g}×"
     if "also" in r:
         text += f", {r['also'][0]}"
     return text
 
 
 def missed(r):
-    kind = r.get("goal_kind", "≥")
-    if not r["goal"]:
+    """A row misses when its median is on the wrong side of its goal; no goal (reported) or a
+    skipped row never misses."""
+    if not r["goal"] or r.get("skipped"):
         return False
-    if kind == "≥":
-        bad = r["median"] < r["goal"]
-    else:
-        bad = r["median"] > r["goal"]
+    comparison, _ = goal_parts(r)
+    bad = r["median"] < r["goal"] if comparison == "≥" else r["median"] > r["goal"]
     return bad or ("also" in r and not r["also"][1])
+
+
+def shown(r):
+    if r.get("skipped"):
+        return f"**skipped: {r['skipped']}**"
+    ratio = f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+    if "note" not in r:
+        return ratio
+    return r["note"] if goal_parts(r)[1] else f"{ratio}; {r['note']}"  # unit rows: the value is the note
 
 
 def table(results):
     lines = ["| case | A | B | A GB/s | B GB/s | B/A median (min–max) | goal | noise A / B |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    gbs = lambda v: "—" if v != v or v == 0 else f"{v:.2f}"
     for r in results:
-        shown = r.get("note") or f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
-        if "note" in r and r.get("goal_kind") != "≤ s":
-            shown = f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}); {r['note']}"
-        gbs = lambda v: "—" if v != v or v == 0 else f"{v:.2f}"
-        lines.append(f"| {r['case']} | {r['a']} | {r['b']} | {gbs(r['a_gbs'])} | {gbs(r['b_gbs'])} | "
-                     f"{shown} | {goal_text(r) if r['goal'] else 'reported'} | "
-                     f"{r['noise_a']:.0%} / {r['noise_b']:.0%} |")
+        noise = "—" if r.get("skipped") else f"{r['noise_a']:.0%} / {r['noise_b']:.0%}"
+        lines.append(f"| {r['case']} | {r.get('a', '—')} | {r.get('b', '—')} | {gbs(r.get('a_gbs', 0))} | "
+                     f"{gbs(r.get('b_gbs', 0))} | {shown(r)} | {goal_text(r) if r['goal'] else 'reported'} | "
+                     f"{noise} |")
     return "\n".join(lines)
 
 
@@ -266,32 +309,63 @@ def write_doc(text):
     doc.write_text(body[:start] + "\n" + text + "\n" + body[end:])
 
 
+def command_line():
+    """How to repeat this run: `make bench`, or run.sh with the options given."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a == "--write" or a.startswith("--bin="):
+            skip = False
+            continue
+        if a == "--bin":
+            skip = True
+            continue
+        argv.append(a)
+    return "make bench" if not argv else "scripts/bench/run.sh build/safetensorsfs " + " ".join(argv)
+
+
+def sizes(args):
+    """One knob for every case's data: --gib (the 2 GiB tensor), or --quick (256 MiB, 10k tensors)."""
+    args.tensor_bytes = (256 << 20) if args.quick else args.gib << 30
+    args.header_count = 10_000 if args.quick else 100_000
+    args.pairs = args.pairs or (2 if args.quick else 5)
+
+
 def main():
+    # cases_extra imports its helpers from this module: let it find this copy rather than load a second
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    import cases_extra
+    cases = {"sequential": case_sequential_warm, "mount": case_mount_time, "views": case_views,
+             **cases_extra.CASES}
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=None, help="alternating pairs per case (default 5; 2 with --quick)")
     p.add_argument("--gib", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="check that every case runs: 256 MiB tensors, 10k-tensor headers, 2 pairs")
     p.add_argument("--work", default=None, help="where the model files go (default: a temporary folder)")
     p.add_argument("--variant", action="append", default=[],
                    help="LABEL=OPTIONS: also measure the mount with these -o options")
     p.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
-    p.add_argument("--case", action="append", choices=["sequential", "mount", "views"], help="run only these cases")
+    p.add_argument("--case", action="append", choices=list(cases), help="run only these cases")
     args = p.parse_args()
+    sizes(args)
     args.variants = [("(defaults)", ())] + [
         (f"(-o {v.split('=', 1)[1]})", ("-o", v.split("=", 1)[1])) for v in args.variant]
-    cases = {"sequential": case_sequential_warm, "mount": case_mount_time, "views": case_views}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         results = []
         for name in args.case or list(cases):
             results += cases[name](args, Path(tmp))
-    cmd = "make bench" if not args.variant else "scripts/bench/run.sh build/safetensorsfs " + " ".join(
-        f"--variant {v}" for v in args.variant)
-    text = (f"Command: `{cmd}` ({args.pairs} alternating pairs per case; ratios are B's throughput over A's)\n\n"
+    text = (f"Command: `{command_line()}` ({args.pairs} alternating pairs per case unless a row says otherwise; "
+            f"ratios are B's throughput over A's, except rows marked \"time ratio\": B's time over A's, "
+            f"lower is better)\n\n"
             f"Machine: {machine()}; run as {'root' if os.geteuid() == 0 else 'a user'}; "
             f"{time.strftime('%Y-%m-%d')}.\n\n" + table(results))
     print(text)
     if args.write:
         write_doc(text)
+    for r in results:
+        if r.get("skipped"):
+            print(f"skipped: {r['case']}: {r['skipped']}", file=sys.stderr)
     misses = [r for r in results if missed(r)]
     for r in misses:
         print(f"goal missed: {r['case']}: {r['median']:.3g} against {goal_text(r)}", file=sys.stderr)
