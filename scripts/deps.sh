@@ -4,7 +4,8 @@
 # project's venv (Makefile target `venv`), never system-wide.
 set -eu
 
-PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev attr valgrind libamdhip64-dev"
+# squashfuse and squashfs-tools: make bench's comparison with another FUSE filesystem.
+PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev attr valgrind libamdhip64-dev squashfuse squashfs-tools"
 
 missing=""
 for p in $PACKAGES; do
