@@ -216,9 +216,9 @@ def numpy_spec(target):
         return [(n, s, dtypes[k % 3]) for k, (n, s) in enumerate(out)]
 
     nbytes = lambda sp: sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in sp)
-    h = 128
-    while nbytes(spec(h + 128)) <= target:
-        h += 128
+    h = 64  # a multiple of 64: whole heads of 64
+    while nbytes(spec(h + 64)) <= target:
+        h += 64
     return spec(h)
 
 
