@@ -31,6 +31,7 @@ struct fs {
 	const char *mountpoint;
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
 	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */
+	int no_opendir;   /* the kernel takes ENOSYS to OPENDIR as "never ask again" */
 	struct view_table views;
 	struct control control;
 	int control_ready;

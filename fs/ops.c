@@ -88,7 +88,9 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_size = (off_t)size;
-	st->st_blksize = IO_BLOCK;
+	/* Directories keep 4 KiB: glibc sizes its getdents buffer by st_blksize, and the kernel
+	 * allocates (and maps) a reply buffer that large for every getdents call. */
+	st->st_blksize = n->kind == NODE_DIR ? BLOCK : IO_BLOCK;
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;
 }
@@ -118,6 +120,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (fs->conn_opts)
 		fuse_apply_conn_info_opts(fs->conn_opts, conn);
 	fs->splice_write = (conn->want & FUSE_CAP_SPLICE_WRITE) != 0;
+	fs->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -165,6 +168,13 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	if (!n || n->kind != NODE_DIR) {
 		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	/* Where the kernel can do without OPENDIR, say so: it then caches every listing (as
+	 * FOPEN_CACHE_DIR would) and sends neither OPENDIR nor RELEASEDIR again, two round trips
+	 * per directory of a walk. */
+	if (fs_of(req)->no_opendir) {
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	fi->cache_readdir = 1;

@@ -2,6 +2,8 @@
 (across many FUSE readdir requests), and each name resolves."""
 import os
 import stat
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -91,3 +93,33 @@ def test_big_directory_small_getdents(big_file, mount):
     names = [n for n in names if n not in (".", "..")]
     files, _ = util.expected_layout(list(tensors), "flat")
     check_listing(names, set(files) | set(util.RESERVED) | set(util.FUTURE_RESERVED))
+
+
+def test_walking_again_asks_the_daemon_nothing(big_file, tmp_path):
+    """The kernel keeps every listing (the daemon answers OPENDIR with ENOSYS where the
+    kernel can do without it, which also turns its listing cache on), so a second walk of
+    the tree sends no request at all: that took `find` over 100k tensors from 7.8 s to 1 s."""
+    import re
+
+    p, _ = big_file
+    m = util.Mount(p, tmp_path / "mnt", ["-d"], logdir=tmp_path)  # -d: every request on stderr
+    m.start()
+    try:
+        def listing():
+            return sorted((root, tuple(sorted(dirs)), tuple(sorted(files)))
+                          for root, dirs, files in os.walk(m.mnt))
+
+        first = listing()
+        seen = len(m.stderr())
+        second = listing()
+        time.sleep(0.2)  # the log is written after each reply
+        asked = re.findall(r"opcode: (\w+)", m.stderr()[seen:])
+        assert second == first and len(first) > N
+        assert [op for op in asked if op in ("OPENDIR", "READDIR", "READDIRPLUS", "RELEASEDIR")] == []
+        assert os.stat(m.mnt / "block").st_blksize == 4096  # glibc sizes getdents by it
+    finally:
+        m.checked = len(m.stderr())  # the debug log is not an error
+        m.stopped = True
+        subprocess.run(["fusermount3", "-u", str(m.mnt)], check=True)
+        assert m.wait_exit() == 0
+    assert not any(mark in m.stderr() for mark in util.SANITIZER_MARKERS)
