@@ -11,6 +11,10 @@ struct fuse_conn_info_opts;
 #include "tree.h"
 #include "viewnodes.h"
 #include "control.h"
+#include "bufpool.h"
+
+/* The largest read the kernel sends: libfuse 3.14 caps requests at 256 pages. */
+#define REPLY_MAX (1u << 20)
 
 struct fs_options {
 	char *source;
@@ -35,6 +39,8 @@ struct fs {
 	struct view_table views;
 	struct control control;
 	int control_ready;
+	struct bufpool replies; /* the buffers of replies the daemon fills itself */
+	int replies_ready;
 	int views_ready;
 };
 

@@ -188,6 +188,11 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (control_init(&fs->control, fs->opt.gpu) < 0)
 		return fail(fs->opt.source, "cannot set up the control file");
 	fs->control_ready = 1;
+	/* One reply buffer per core, 4 to 8: more fills at once than cores only take turns. */
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus, REPLY_MAX) < 0)
+		return fail(fs->opt.source, "out of memory for reply buffers");
+	fs->replies_ready = 1;
 	fs->uid = getuid();
 	fs->gid = getgid();
 	return 0;
@@ -206,6 +211,8 @@ int main(int argc, char *argv[])
 		control_free(&fs.control); /* every uploaded buffer goes with the mount */
 	if (fs.views_ready)
 		view_table_free(&fs.views);
+	if (fs.replies_ready)
+		bufpool_free(&fs.replies);
 	free(fs.opt.gpu);
 	tree_free(&fs.tree);
 	source_close(&fs.src);

@@ -340,7 +340,8 @@ typedef int fill_fn(const void *ctx, char *buf, size_t size);
 static void reply_filled(fuse_req_t req, const struct shard *checked, size_t size, fill_fn *fill,
 			 const void *ctx)
 {
-	char *buf = malloc(size ? size : 1);
+	struct bufpool *pool = &fs_of(req)->replies;
+	char *buf = bufpool_get(pool, size);
 	int rc = buf ? fill(ctx, buf, size) : -ENOMEM;
 
 	if (rc == 0 && checked && shard_changed(checked))
@@ -349,7 +350,7 @@ static void reply_filled(fuse_req_t req, const struct shard *checked, size_t siz
 		fuse_reply_err(req, -rc);
 	else
 		fuse_reply_buf(req, buf, size);
-	free(buf);
+	bufpool_put(pool, buf, size);
 }
 
 struct backing_range {
