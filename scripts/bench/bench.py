@@ -75,7 +75,9 @@ def timed(fn):
 
 
 def size_label(n):
-    return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.3g} GiB"
+    return f"{n >> 20} MiB"
 
 
 def big_model(args, work):
