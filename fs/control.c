@@ -12,7 +12,10 @@
 
 #define MAX_LINE (1 << 20)
 
-/* One tensor (or raw slice view) to upload, and where it lands in the buffer. */
+/* A slice of a column block is one piece per row: past this many, upload whole tensors. */
+#define MAX_RANGES (1 << 20)
+
+/* One tensor (or slice view) to upload, and where it lands in the buffer. */
 struct item {
 	uint32_t node;                /* the tensor's tree node */
 	const struct view_node *view; /* or NULL */
@@ -121,15 +124,16 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 			long v = view_lookup(fs, (uint32_t)node, part);
 			if (v >= 0) {
 				const struct view_node *vn = view_get(&fs->views, (size_t)v);
-				uint64_t off;
-				if (!view_contiguous(&vn->plan, &off)) {
-					snprintf(why, whylen, "%s: only tensors and leading-dimension slices upload", pattern);
+				if (vn->plan.transform || vn->plan.npy_hdr) {
+					snprintf(why, whylen, "%s: converted and .npy views do not upload "
+						 "(tensors and slices do)", pattern);
 					rc = -EINVAL;
 				} else {
+					/* src: the tensor's first byte; its slice's runs are added at upload. */
 					const struct node *n = &fs->tree.nodes[vn->tensor];
 					const struct shard *sh = &fs->src.shards[n->tensor.shard];
 					rc = add(it, (struct item){vn->tensor, vn, sh->fd,
-								   sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin + off,
+								   sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin,
 								   vn->plan.size, 0});
 				}
 				free(copy);
@@ -264,27 +268,79 @@ static void tensor_entry(const struct fs *fs, struct jout *j, const struct item 
 	jout_end(j, '}');
 }
 
-/* Lays the items out 256-byte aligned, allocates, uploads and registers the buffer. */
+/* A slice's runs as file ranges, one after another from dst. */
+struct run_sink {
+	struct gpu_range *r;
+	size_t n;
+	int fd;
+	uint64_t src, dst;
+};
+
+static int add_run(void *ctx, uint64_t src_off, uint64_t n)
+{
+	struct run_sink *s = ctx;
+
+	s->r[s->n++] = (struct gpu_range){s->fd, s->src + src_off, n, s->dst};
+	s->dst += n;
+	return 0;
+}
+
+static size_t ranges_of(const struct item *x)
+{
+	return x->view ? (size_t)x->view->plan.n_runs : 1;
+}
+
+/* Each item's ranges, the items 256-byte aligned one after another; -E2BIG past MAX_RANGES. */
+static int lay_out(struct items *it, struct gpu_range **out, size_t *nout, uint64_t *total, char *why)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < it->n; i++) {
+		n += ranges_of(&it->v[i]);
+		if (n > MAX_RANGES) {
+			snprintf(why, 256, "more than %d pieces to copy: upload whole tensors and slice "
+				 "them on the device", MAX_RANGES);
+			return -E2BIG;
+		}
+	}
+	struct run_sink s = {.r = calloc(n ? n : 1, sizeof(*s.r))};
+	if (!s.r)
+		return -ENOMEM;
+	*total = 0;
+	for (size_t i = 0; i < it->n; i++) {
+		struct item *x = &it->v[i];
+		x->dst = *total;
+		s.fd = x->fd;
+		s.src = x->src;
+		s.dst = x->dst;
+		if (x->view)
+			view_runs(&x->view->plan, add_run, &s);
+		else
+			add_run(&s, 0, x->nbytes);
+		*total += (x->nbytes + GPU_ALIGN - 1) / GPU_ALIGN * GPU_ALIGN;
+	}
+	*out = s.r;
+	*nout = s.n;
+	return 0;
+}
+
+/* Lays the items out, allocates, uploads and registers the buffer. */
 static int upload(struct fs *fs, struct items *it, enum gpu_kind kind, int dev, struct jout *j, char *why)
 {
 	struct control *c = &fs->control;
-	struct gpu_range *ranges = calloc(it->n ? it->n : 1, sizeof(*ranges));
+	struct gpu_range *ranges = NULL;
 	struct gpu_upload_stats stats = {0};
 	struct control_buffer b = {0};
 	uint64_t total = 0;
+	size_t nranges = 0;
 	char handle[GPU_HANDLE_MAX];
 	int rc;
 
-	if (!ranges)
-		return -ENOMEM;
-	for (size_t i = 0; i < it->n; i++) {
-		it->v[i].dst = total;
-		ranges[i] = (struct gpu_range){it->v[i].fd, it->v[i].src, it->v[i].nbytes, total};
-		total += (it->v[i].nbytes + GPU_ALIGN - 1) / GPU_ALIGN * GPU_ALIGN;
-	}
+	if ((rc = lay_out(it, &ranges, &nranges, &total, why)) < 0)
+		return rc;
 	rc = gpu_alloc(kind, dev, total ? total : GPU_ALIGN, &b.buf, why, 256);
 	if (!rc)
-		rc = gpu_upload(b.buf, ranges, it->n, NULL, &stats, why, 256);
+		rc = gpu_upload(b.buf, ranges, nranges, NULL, &stats, why, 256);
 	free(ranges);
 	if (!rc && (rc = gpu_handle(b.buf, handle, sizeof(handle))) > 0)
 		rc = 0; /* its length */

@@ -351,6 +351,22 @@ static void cursor_next(struct cursor *c)
 	}
 }
 
+int view_runs(const struct view_plan *p, int (*fn)(void *ctx, uint64_t src_off, uint64_t n), void *ctx)
+{
+	unsigned bits = st_dtype_bits(p->src_dtype);
+	struct cursor c;
+
+	if (p->transform || p->npy_hdr)
+		return -EINVAL;
+	cursor_init(&c, p, 0);
+	for (uint64_t r = 0; r < p->n_runs; r++, cursor_next(&c)) {
+		int rc = fn(ctx, c.start * bits / 8, p->run_elems * bits / 8);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 /* Raw views: data bytes [off, off+len), one read per run touched. */
 static int read_raw(const struct view_plan *p, uint64_t off, size_t len, uint8_t *out,
 		    view_read_fn read_src, void *ctx)

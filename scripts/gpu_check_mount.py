@@ -172,7 +172,7 @@ try:
               % (path, c0, c1, device))
         client.free(mnt, sl.id)
     except Exception as e:
-        say("note  column slice upload: %s" % e)
+        check(False, "column slice upload: %s" % e)
 
     # bad requests change nothing
     n_before = len(client.list_buffers(mnt))

@@ -93,6 +93,26 @@ def test_upload_directory_glob_and_slice(model, mount):
     assert exchange(m.mnt, "list")["buffers"] == []
 
 
+@pytest.mark.parametrize("view,pick", [("[:,2:5]", lambda w: w[:, 2:5]),
+                                       ("[1:4,-3:]", lambda w: w[1:4, -3:]),
+                                       ("[:,6:]", lambda w: w[:, 6:]),
+                                       ("[:,3:3]", lambda w: w[:, 3:3])])
+def test_upload_column_slices(model, mount, view, pick):
+    """A tensor-parallel rank's column block: one piece per row, each from the backing file."""
+    m = mount(model)
+    r = exchange(m.mnt, f"upload device=host model/layers/0/w{view} model/layers/1/w")
+    assert r["ok"], r
+    want = pick(np.frombuffer(expected(model, "model.layers.0.w"), np.float32).reshape(5, 7))
+    with open(r["handle"], "rb") as f:
+        data = f.read()
+    s, w1 = r["tensors"]
+    assert s["name"] == f"model/layers/0/w{view}" and s["shape"] == list(want.shape)
+    assert s["nbytes"] == want.nbytes and data[s["offset"]:s["offset"] + s["nbytes"]] == want.tobytes()
+    assert w1["offset"] % 256 == 0 and w1["offset"] >= s["offset"] + s["nbytes"]
+    assert data[w1["offset"]:w1["offset"] + w1["nbytes"]] == expected(model, "model.layers.1.w")
+    assert client.arrays(r)[s["name"]].tobytes() == want.tobytes()
+
+
 def test_client_load(model, mount):
     m = mount(model)
     arrays = client.load(m.mnt, ["model"], device="host")
@@ -119,7 +139,7 @@ def test_unmount_frees_buffers(model, tmp_path):
                                          ("upload device=tpu:0 lm_head", "unknown device"),
                                          ("upload nothere", "no such tensor"), ("free 999", "no buffer"),
                                          ("upload device=cuda:0 lm_head", "cuda"),
-                                         ("upload device=host model/layers/0/w@F64", "only tensors")])
+                                         ("upload device=host model/layers/0/w@F64", "converted")])
 def test_errors_change_nothing(model, mount, line, needle):
     m = mount(model)
     r = exchange(m.mnt, line)
