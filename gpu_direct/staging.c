@@ -6,7 +6,7 @@
  * cuFileRead each (GPUDirect Storage).
  *
  * gd_pipeline: the staging pipeline of the GPU backends. Each staging buffer ("slot") goes
- * round FREE -> READING (a reader thread preads a piece into it) -> FILLED -> IN FLIGHT (the
+ * round FREE -> READING (a reader thread preads a batch into it) -> FILLED -> IN FLIGHT (the
  * calling thread has started its copy to the device) -> FREE (the copy is complete). With
  * two slots per reader, a reader fills one buffer while the other's copy runs, so reads and
  * bus transfers overlap. Only the calling thread talks to the GPU runtime.
@@ -129,6 +129,60 @@ static uint64_t count_pieces(const struct gpu_range *r, size_t n, uint64_t chunk
 	return pieces;
 }
 
+/*
+ * The pipeline's unit: up to chunk bytes that land side by side in the buffer, read from one
+ * range or from several whose destinations follow each other (a column slice is one small
+ * range per row), so that one staging buffer and one copy carry them all.
+ */
+struct batch {
+	size_t i;     /* first range */
+	uint64_t off; /* into it */
+	uint64_t nbytes, dst;
+};
+
+static int next_batch(struct cursor *c, struct batch *b)
+{
+	struct gpu_range piece;
+
+	if (!next_piece(c, &piece))
+		return 0;
+	b->i = c->i;
+	b->off = c->off - piece.nbytes;
+	b->nbytes = piece.nbytes;
+	b->dst = piece.dst_offset;
+	/* Whole following ranges join while they land right after it and fit. */
+	while (c->off == c->r[c->i].nbytes && c->i + 1 < c->n) {
+		const struct gpu_range *next = &c->r[c->i + 1];
+
+		if (next->dst_offset != b->dst + b->nbytes || next->nbytes > c->chunk - b->nbytes)
+			break;
+		c->i++;
+		c->off = next->nbytes;
+		b->nbytes += next->nbytes;
+	}
+	return 1;
+}
+
+/* Reads batch b's bytes into buf, range by range. */
+static int read_batch(const struct gpu_range *r, const struct batch *b, char *buf, char *err,
+		      size_t errlen)
+{
+	uint64_t done = 0, off = b->off;
+
+	for (size_t i = b->i; done < b->nbytes; i++, off = 0) {
+		uint64_t len = r[i].nbytes - off;
+
+		if (len > b->nbytes - done)
+			len = b->nbytes - done;
+		int rc = gd_pread_full(r[i].fd, buf + done, (size_t)len, r[i].file_offset + off, err,
+				       errlen);
+		if (rc < 0)
+			return rc;
+		done += len;
+	}
+	return 0;
+}
+
 /* ---- gd_parallel ---- */
 
 struct par {
@@ -208,7 +262,8 @@ struct pipe {
 	void *const *slots;
 	unsigned nslots;
 	enum slot_state *state;
-	struct gpu_range *piece; /* what each slot holds */
+	const struct gpu_range *r;
+	struct batch *piece;     /* what each slot holds */
 	unsigned *filled;        /* FIFO of FILLED slots */
 	unsigned filled_head, filled_n;
 	unsigned reading;        /* slots in READING */
@@ -249,7 +304,7 @@ static void *pipe_reader(void *arg)
 			pthread_cond_wait(&p->slot_freed, &p->lock);
 			continue;
 		}
-		if (!next_piece(&p->cur, &p->piece[s])) {
+		if (!next_batch(&p->cur, &p->piece[s])) {
 			p->stop = 1; /* the others find no piece either */
 			pthread_cond_broadcast(&p->slot_freed);
 			pthread_cond_broadcast(&p->slot_filled);
@@ -257,11 +312,10 @@ static void *pipe_reader(void *arg)
 		}
 		p->state[s] = SLOT_READING;
 		p->reading++;
-		struct gpu_range piece = p->piece[s];
+		struct batch piece = p->piece[s];
 		pthread_mutex_unlock(&p->lock);
 
-		int rc = gd_pread_full(piece.fd, p->slots[s], (size_t)piece.nbytes,
-				       piece.file_offset, msg, sizeof msg);
+		int rc = read_batch(p->r, &piece, p->slots[s], msg, sizeof msg);
 
 		pthread_mutex_lock(&p->lock);
 		p->reading--;
@@ -286,6 +340,7 @@ int gd_pipeline(const struct gpu_range *r, size_t n, void *const *slots, unsigne
 {
 	struct pipe p = {
 		.cur = { .r = r, .n = n, .chunk = slot_bytes },
+		.r = r,
 		.slots = slots,
 		.nslots = nslots,
 		.err = err,
@@ -334,10 +389,10 @@ int gd_pipeline(const struct gpu_range *r, size_t n, void *const *slots, unsigne
 			p.filled_head = (p.filled_head + 1) % nslots;
 			p.filled_n--;
 			p.state[s] = SLOT_IN_FLIGHT;
-			struct gpu_range piece = p.piece[s];
+			struct batch piece = p.piece[s];
 			pthread_mutex_unlock(&p.lock);
-			int rc = sink->submit(sink->ctx, s, slots[s], piece.dst_offset,
-					      (size_t)piece.nbytes, msg, sizeof msg);
+			int rc = sink->submit(sink->ctx, s, slots[s], piece.dst, (size_t)piece.nbytes,
+					      msg, sizeof msg);
 			pthread_mutex_lock(&p.lock);
 			/* Even a failed submit is completed below: part of it may be queued. */
 			in_flight[(flight_head + flight_n++) % nslots] = s;

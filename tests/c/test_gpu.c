@@ -609,6 +609,45 @@ static void test_fake_device(void)
 	}
 }
 
+/* A column slice: one small range per row, the rows side by side in the buffer. The staging
+ * pipeline must carry many of them per buffer and copy, not one each. */
+static void test_fake_device_rows(void)
+{
+	enum { ROWS = 3000, ROW = 37, STRIDE = 101 };
+	static struct gpu_range r[ROWS + 2];
+	struct gpu_upload_opts o[] = { { 0 }, { .readers = 3, .chunk_bytes = 4096 },
+				       { .readers = 1, .chunk_bytes = ROW } };
+	char err[256];
+
+	for (int i = 0; i < ROWS; i++)
+		r[i] = (struct gpu_range){ .fd = f1.fd, .file_offset = 11 + (uint64_t)i * STRIDE,
+					   .nbytes = ROW, .dst_offset = (uint64_t)i * ROW };
+	/* then a tensor of its own at the next aligned offset, and an empty one */
+	r[ROWS] = (struct gpu_range){ .fd = f2.fd, .file_offset = 5, .nbytes = 9000,
+				      .dst_offset = (ROWS * ROW + GPU_ALIGN - 1) / GPU_ALIGN * GPU_ALIGN };
+	r[ROWS + 1] = (struct gpu_range){ .fd = f2.fd, .file_offset = 0, .nbytes = 0,
+					  .dst_offset = r[ROWS].dst_offset + 9000 };
+	for (size_t k = 0; k < sizeof o / sizeof o[0]; k++) {
+		struct gpu_buffer *b = fake_buffer();
+		uint64_t chunk = o[k].chunk_bytes ? o[k].chunk_bytes : GD_DEFAULT_CHUNK;
+		int rc, ok = 1;
+
+		memset(&fake, 0, sizeof fake);
+		rc = gpu_upload(b, r, ROWS + 2, &o[k], NULL, err, sizeof err);
+		CHECK(rc == 0, "rows, setting %zu: %d %s", k, rc, err);
+		const unsigned char *got = b->ptr;
+		for (int i = 0; i < ROWS && ok; i++)
+			ok = memcmp(got + (size_t)i * ROW, f1.bytes + 11 + (size_t)i * STRIDE, ROW) == 0;
+		CHECK(ok && memcmp(got + r[ROWS].dst_offset, f2.bytes + 5, 9000) == 0,
+		      "rows, setting %zu: bytes", k);
+		/* one copy per full staging buffer, plus the tensor's own */
+		int most = (int)((ROWS * ROW + chunk - 1) / chunk + (9000 + chunk - 1) / chunk) + 1;
+		CHECK(fake.copies <= most, "rows, setting %zu: %d copies, want at most %d", k,
+		      fake.copies, most);
+		gpu_free(b);
+	}
+}
+
 /* ---- the real GPU backends ---- */
 
 static void test_gpu_kind(enum gpu_kind kind)
@@ -678,6 +717,7 @@ int main(int argc, char **argv)
 	test_host();
 	test_host_errors();
 	test_fake_device();
+	test_fake_device_rows();
 	test_gpu_kind(GPU_CUDA);
 	test_gpu_kind(GPU_HIP);
 
