@@ -285,9 +285,9 @@ static int add_run(void *ctx, uint64_t src_off, uint64_t n)
 	return 0;
 }
 
-static size_t ranges_of(const struct item *x)
+static uint64_t ranges_of(const struct item *x)
 {
-	return x->view ? (size_t)x->view->plan.n_runs : 1;
+	return x->view ? x->view->plan.n_runs : 1;
 }
 
 /* Each item's ranges, the items 256-byte aligned one after another; -E2BIG past MAX_RANGES. */
@@ -296,12 +296,13 @@ static int lay_out(struct items *it, struct gpu_range **out, size_t *nout, uint6
 	size_t n = 0;
 
 	for (size_t i = 0; i < it->n; i++) {
-		n += ranges_of(&it->v[i]);
-		if (n > MAX_RANGES) {
+		uint64_t more = ranges_of(&it->v[i]);
+		if (more > MAX_RANGES - n) {
 			snprintf(why, 256, "more than %d pieces to copy: upload whole tensors and slice "
 				 "them on the device", MAX_RANGES);
 			return -E2BIG;
 		}
+		n += (size_t)more;
 	}
 	struct run_sink s = {.r = calloc(n ? n : 1, sizeof(*s.r))};
 	if (!s.r)

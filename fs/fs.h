@@ -13,8 +13,8 @@ struct fuse_conn_info_opts;
 #include "control.h"
 #include "bufpool.h"
 
-/* The largest read the kernel sends: libfuse 3.14 caps requests at 256 pages. */
-#define REPLY_MAX (1u << 20)
+/* The largest read the kernel sends: libfuse 3.14 caps requests at this many pages. */
+#define REPLY_MAX_PAGES 256
 
 struct fs_options {
 	char *source;

@@ -190,7 +190,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	fs->control_ready = 1;
 	/* One reply buffer per core, 4 to 8: more fills at once than cores only take turns. */
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus, REPLY_MAX) < 0)
+	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
+	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus, reply_max) < 0)
 		return fail(fs->opt.source, "out of memory for reply buffers");
 	fs->replies_ready = 1;
 	fs->uid = getuid();

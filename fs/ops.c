@@ -88,8 +88,8 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_size = (off_t)size;
-	/* Directories keep 4 KiB: glibc sizes its getdents buffer by st_blksize, and the kernel
-	 * allocates (and maps) a reply buffer that large for every getdents call. */
+	/* Directories keep 4 KiB: glibc sizes its getdents buffer by st_blksize (32 KiB at
+	 * least), and the kernel allocates (and maps) a reply buffer that large per call. */
 	st->st_blksize = n->kind == NODE_DIR ? BLOCK : IO_BLOCK;
 	st->st_blocks = (blkcnt_t)((size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;

@@ -240,7 +240,9 @@ def _cuda_tensors(reply):
                                    % (t["name"], off + nbytes, size))
             dt = _torch_dtype(t["dtype"])
             if nbytes == 0:  # no memory to point at (and DLPack gives it stride 0)
-                out[t["name"]] = torch.empty(shape, dtype=dt or torch.uint8, device=dev)
+                # raw bytes (flat uint8) for dtypes torch lacks, as for non-empty ones
+                out[t["name"]] = torch.empty(shape if dt is not None else (0,),
+                                             dtype=dt or torch.uint8, device=dev)
                 continue
             raw = cupy.ndarray((nbytes,), dtype=cupy.uint8,
                                memptr=cupy.cuda.MemoryPointer(mem, off))
