@@ -7,10 +7,10 @@
 int bufpool_init(struct bufpool *p, unsigned count, size_t size)
 {
 	memset(p, 0, sizeof(*p));
-	if (count > BUFPOOL_MAX)
-		count = BUFPOOL_MAX;
+	if (count == 0 || count > BUFPOOL_MAX)
+		return -EINVAL;
 	p->size = size;
-	for (; p->count < count; p->count++) {
+	while (p->nfree < count) {
 		char *b = aligned_alloc(4096, (size + 4095) / 4096 * 4096);
 		if (!b) {
 			while (p->nfree)
@@ -38,7 +38,7 @@ char *bufpool_get(struct bufpool *p, size_t n)
 {
 	char *b;
 
-	if (n > p->size || p->count == 0)
+	if (n > p->size)
 		return malloc(n ? n : 1);
 	pthread_mutex_lock(&p->lock);
 	while (p->nfree == 0)
@@ -52,7 +52,7 @@ void bufpool_put(struct bufpool *p, char *buf, size_t n)
 {
 	if (!buf)
 		return;
-	if (n > p->size || p->count == 0) {
+	if (n > p->size) {
 		free(buf);
 		return;
 	}

@@ -15,12 +15,11 @@ struct bufpool {
 	pthread_mutex_t lock;
 	pthread_cond_t freed;
 	size_t size;               /* bytes per buffer */
-	unsigned count;            /* buffers made */
 	unsigned nfree;
 	char *free[BUFPOOL_MAX];
 };
 
-/* count buffers (at most BUFPOOL_MAX) of size bytes each; 0 or -ENOMEM. */
+/* count buffers (1 to BUFPOOL_MAX) of size bytes each; 0, -EINVAL or -ENOMEM. */
 int bufpool_init(struct bufpool *p, unsigned count, size_t size);
 void bufpool_free(struct bufpool *p);
 

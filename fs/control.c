@@ -124,7 +124,7 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 			long v = view_lookup(fs, (uint32_t)node, part);
 			if (v >= 0) {
 				const struct view_node *vn = view_get(&fs->views, (size_t)v);
-				if (vn->plan.transform || vn->plan.npy_hdr) {
+				if (!view_raw(&vn->plan)) {
 					snprintf(why, whylen, "%s: converted and .npy views do not upload "
 						 "(tensors and slices do)", pattern);
 					rc = -EINVAL;

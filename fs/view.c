@@ -311,7 +311,7 @@ int view_plan(const struct view_spec *v, enum st_dtype dtype, const uint64_t *sh
 
 int view_contiguous(const struct view_plan *p, uint64_t *src_off)
 {
-	if (p->transform || p->npy_hdr || p->n_runs > 1)
+	if (!view_raw(p) || p->n_runs > 1)
 		return 0;
 	*src_off = p->base * st_dtype_bits(p->src_dtype) / 8;
 	return 1;
@@ -356,7 +356,7 @@ int view_runs(const struct view_plan *p, int (*fn)(void *ctx, uint64_t src_off, 
 	unsigned bits = st_dtype_bits(p->src_dtype);
 	struct cursor c;
 
-	if (p->transform || p->npy_hdr)
+	if (!view_raw(p))
 		return -EINVAL;
 	cursor_init(&c, p, 0);
 	for (uint64_t r = 0; r < p->n_runs; r++, cursor_next(&c)) {

@@ -86,9 +86,15 @@ void view_plan_free(struct view_plan *p);
  * daemon then serves it from the backing file directly. */
 int view_contiguous(const struct view_plan *p, uint64_t *src_off);
 
+/* Whether the view's bytes are the tensor's own (no conversion, no .npy header). */
+static inline bool view_raw(const struct view_plan *p)
+{
+	return !p->transform && !p->npy_hdr;
+}
+
 /* Calls fn(ctx, src_off, n) for each run of a raw view in order: the tensor's bytes
- * [src_off, src_off + n) that make up the view.  -EINVAL for a converted or .npy view (its
- * bytes are not the tensor's), else 0 or fn's first negative return. */
+ * [src_off, src_off + n) that make up the view.  -EINVAL unless view_raw(p), else 0 or
+ * fn's first negative return. */
 int view_runs(const struct view_plan *p, int (*fn)(void *ctx, uint64_t src_off, uint64_t n), void *ctx);
 
 typedef int (*view_read_fn)(void *ctx, void *dst, size_t n, uint64_t src_off);

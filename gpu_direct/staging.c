@@ -262,7 +262,6 @@ struct pipe {
 	void *const *slots;
 	unsigned nslots;
 	enum slot_state *state;
-	const struct gpu_range *r;
 	struct batch *piece;     /* what each slot holds */
 	unsigned *filled;        /* FIFO of FILLED slots */
 	unsigned filled_head, filled_n;
@@ -315,7 +314,7 @@ static void *pipe_reader(void *arg)
 		struct batch piece = p->piece[s];
 		pthread_mutex_unlock(&p->lock);
 
-		int rc = read_batch(p->r, &piece, p->slots[s], msg, sizeof msg);
+		int rc = read_batch(p->cur.r, &piece, p->slots[s], msg, sizeof msg);
 
 		pthread_mutex_lock(&p->lock);
 		p->reading--;
@@ -340,7 +339,6 @@ int gd_pipeline(const struct gpu_range *r, size_t n, void *const *slots, unsigne
 {
 	struct pipe p = {
 		.cur = { .r = r, .n = n, .chunk = slot_bytes },
-		.r = r,
 		.slots = slots,
 		.nslots = nslots,
 		.err = err,
