@@ -175,6 +175,14 @@ class Loaded(dict):
         self.kept = kept
 
 
+def _placed(t, size):
+    """A reply tensor's offset, size and shape, checked against the buffer's size."""
+    off, nbytes, shape = int(t["offset"]), int(t["nbytes"]), tuple(t["shape"])
+    if off + nbytes > size:
+        raise ControlError("tensor %s ends past the buffer (%d > %d)" % (t["name"], off + nbytes, size))
+    return off, nbytes, shape
+
+
 def _host_arrays(reply):
     import numpy as np
     fd = os.open(reply["handle"], os.O_RDONLY | os.O_CLOEXEC)
@@ -185,10 +193,7 @@ def _host_arrays(reply):
         os.close(fd)
     out = {}
     for t in reply["tensors"]:
-        off, nbytes, shape = int(t["offset"]), int(t["nbytes"]), tuple(t["shape"])
-        if off + nbytes > size:
-            raise ControlError("tensor %s ends past the buffer (%d > %d)"
-                               % (t["name"], off + nbytes, size))
+        off, nbytes, shape = _placed(t, size)
         dt = _numpy_dtype(t["dtype"])
         if dt is None:  # packed sub-byte types: raw bytes
             out[t["name"]] = np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=off)
@@ -234,10 +239,7 @@ def _cuda_tensors(reply):
     out = {}
     with cupy.cuda.Device(index):
         for t in reply["tensors"]:
-            off, nbytes, shape = int(t["offset"]), int(t["nbytes"]), tuple(t["shape"])
-            if off + nbytes > size:
-                raise ControlError("tensor %s ends past the buffer (%d > %d)"
-                                   % (t["name"], off + nbytes, size))
+            off, nbytes, shape = _placed(t, size)
             dt = _torch_dtype(t["dtype"])
             if nbytes == 0:  # no memory to point at (and DLPack gives it stride 0)
                 # raw bytes (flat uint8) for dtypes torch lacks, as for non-empty ones

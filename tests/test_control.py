@@ -4,9 +4,7 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -155,20 +153,16 @@ def test_gpu_none_refuses_default_uploads(model, mount):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second user")
 def test_other_user_gets_eacces_with_allow_other(model):
-    user = "stfs-test"
-    if subprocess.run(["id", user], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
-    shared = Path(tempfile.mkdtemp(prefix="stfs-ctl-", dir="/tmp"))
-    os.chmod(shared, 0o755)
+    user = util.other_user()
+    shared = util.shared_tmpdir("stfs-ctl-")
     shutil.copy(model, shared / "c.safetensors")
     try:
         with util.mounted(shared / "c.safetensors", shared / "mnt", ("-o", "allow_other")) as m:
             for target, ok in (("lm_head", True), (".control", False)):
-                r = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                                    "dd", f"if={Path(m.mnt) / target}", "of=/dev/null", "count=0", "status=none"],
-                                   capture_output=True, text=True)
+                r = util.run_as(user, "dd", f"if={Path(m.mnt) / target}", "of=/dev/null", "count=0",
+                                "status=none")
                 assert (r.returncode == 0) == ok, r.stderr
                 if not ok:
-                    assert "Permission denied" in r.stderr
+                    assert "Permission denied" in r.stderr.decode()
     finally:
         shutil.rmtree(shared, ignore_errors=True)

@@ -1,7 +1,6 @@
 """Faults under a live mount, descriptor exhaustion, load, and who may see what."""
 import os
 import shutil
-import tempfile
 import signal
 import subprocess
 import sys
@@ -117,18 +116,13 @@ def test_stress_short():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second user")
 def test_allow_other_second_user(tmp_path):
-    user = "stfs-test"
-    if subprocess.run(["id", user], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
-    # pytest's tmp_path sits below a 0700 folder the other user cannot cross.
-    shared = Path(tempfile.mkdtemp(prefix="stfs-access-", dir="/tmp"))
-    os.chmod(shared, 0o755)
+    user = util.other_user()
+    shared = util.shared_tmpdir("stfs-access-")
     src = model(shared / "m.safetensors")
     for opts, readable in (((), False), (("-o", "allow_other"), True)):
         mnt = shared / f"mnt{int(readable)}"
         with util.mounted(src, mnt, opts):
-            r = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                                "cat", str(mnt / "b")], capture_output=True)
+            r = util.run_as(user, "cat", str(mnt / "b"))
             assert (r.returncode == 0) == readable, r.stderr
             if readable:
                 assert r.stdout == np.ones(1024, np.float32).tobytes()

@@ -36,6 +36,14 @@ def stop_quietly(m):
         m.stop()
 
 
+def assert_exited_cleanly(m, code):
+    """After a signal: the daemon is gone, unmounted, silent, and said 0."""
+    assert code is not None, "the daemon did not exit"
+    assert not os.path.ismount(m.mnt)
+    m.check_output()
+    assert code == 0, f"the daemon unmounted but exited with status {code}"
+
+
 def run(argv, timeout=20):
     return subprocess.run([str(util.binary())] + argv, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=util.daemon_env())
@@ -102,12 +110,8 @@ def test_signal_unmounts_cleanly(tmp_path, sig):
     try:
         assert (m.mnt / "other").read_bytes() == tensors["other"].tobytes()
         m.proc.send_signal(sig)
-        code = m.wait_exit()
-        assert code is not None, "the daemon did not exit"
-        assert not os.path.ismount(m.mnt)
+        assert_exited_cleanly(m, m.wait_exit())
         assert util.mount_lines(tmp_path) == []
-        m.check_output()
-        assert code == 0, f"the daemon unmounted but exited with status {code}"
     finally:
         stop_quietly(m)
 
@@ -122,10 +126,7 @@ def test_signal_while_reading(tmp_path):
         m.proc.send_signal(signal.SIGTERM)
         code = m.wait_exit()
         reader.wait(timeout=20)
-        assert code is not None, "the daemon did not exit"
-        assert not os.path.ismount(m.mnt)
-        m.check_output()
-        assert code == 0, f"the daemon unmounted but exited with status {code}"
+        assert_exited_cleanly(m, code)
     finally:
         stop_quietly(m)
 

@@ -18,6 +18,7 @@ import os
 import signal
 import struct
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +49,30 @@ def daemon_env():
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
     return env
+
+
+OTHER_USER = "stfs-test"
+
+
+def other_user():
+    """A second local user for the access tests, made the first time (needs root)."""
+    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+                       check=True)
+    return OTHER_USER
+
+
+def shared_tmpdir(prefix):
+    """A folder that other users can cross: pytest's tmp_path sits below a 0700 one."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+def run_as(user, *argv):
+    """argv run as `user` (its own group, no others), output captured."""
+    return subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv],
+                          capture_output=True)
 
 
 def mount_lines(needle):
