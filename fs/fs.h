@@ -23,6 +23,7 @@ struct fs_options {
 	int splice;             /* splice tensor bytes from the backing file into the reply */
 	int listviews;          /* readdir lists each tensor's .npy view too */
 	char *gpu;              /* -o gpu=: the default upload device */
+	unsigned spin_us;       /* -o spin_us=: how long the reader polls before it sleeps */
 };
 
 struct fs {

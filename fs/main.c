@@ -1,6 +1,6 @@
 /*
  * safetensorsfs: options, validation of SOURCE before anything is mounted,
- * then the session and its loop.  Modelled on libfuse's passthrough_ll main.
+ * then the session, served by loop.c.  Modelled on libfuse's passthrough_ll main.
  */
 #include <errno.h>
 #include <fuse_lowlevel.h>
@@ -13,6 +13,7 @@
 
 #include "../gpu_direct/gpu.h"
 #include "fs.h"
+#include "loop.h"
 #include "readahead.h"
 
 #ifndef SAFETENSORSFS_VERSION
@@ -29,6 +30,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("read_ahead_kb=%u", read_ahead_kb),
 	OPT("listviews", listviews),
 	OPT("gpu=%s", gpu),
+	OPT("spin_us=%u", spin_us),
 	FUSE_OPT_END,
 };
 
@@ -43,8 +45,10 @@ static void usage(const char *prog)
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
 	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads\n"
+	       "    -o spin_us=N           after each request, poll N microseconds for the next\n"
+	       "                           before sleeping (default %u; 0 on one CPU; 0: never)\n"
 	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
-	       prog, DEFAULT_READ_AHEAD_KB);
+	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US);
 }
 
 static void version(void)
@@ -93,25 +97,15 @@ static int add_fsname(struct fuse_args *args, const char *source)
 	return rc;
 }
 
-static int run_loop(struct fuse_session *se, const struct fuse_cmdline_opts *cmd)
+/* One thread per core, 4 to 8, like the reply buffers; -s is one thread, -o max_threads=N is N. */
+static unsigned loop_threads(const struct fuse_cmdline_opts *cmd, long cpus)
 {
-	struct fuse_loop_config *cfg;
-	int rc;
-
 	if (cmd->singlethread)
-		return fuse_session_loop(se);
-	if (!(cfg = fuse_loop_cfg_create()))
-		return -ENOMEM;
-	/* One /dev/fuse fd per thread: no contention on a single queue. */
-	fuse_loop_cfg_set_clone_fd(cfg, 1);
-	/* UINT_MAX means the option was not given: keep libfuse's defaults. */
-	if (cmd->max_idle_threads != UINT_MAX)
-		fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
-	if (cmd->max_threads != UINT_MAX)
-		fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
-	rc = fuse_session_loop_mt(se, cfg);
-	fuse_loop_cfg_destroy(cfg);
-	return rc;
+		return 1;
+	/* UINT_MAX (or 0 in older libfuse) means the option was not given. */
+	if (cmd->max_threads != UINT_MAX && cmd->max_threads != 0)
+		return cmd->max_threads;
+	return cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus;
 }
 
 /* Mounts and serves until unmounted; SOURCE has been validated already. */
@@ -128,8 +122,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
-			/* A positive result is the signal that ended the loop: a clean unmount. */
-			rc = run_loop(se, cmd) < 0 ? 1 : 0;
+			rc = loop_run(se, loop_threads(cmd, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
 			readahead_join(&ra);
 		}
@@ -203,7 +196,9 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
-	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE}};
+	/* Polling on the only CPU would keep the caller from running. */
+	unsigned spin_us = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? LOOP_DEFAULT_SPIN_US : 0;
+	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE, .spin_us = spin_us}};
 	int rc = setup(&fs, &args, &cmd);
 
 	if (rc == 0)

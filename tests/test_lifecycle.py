@@ -152,6 +152,7 @@ def test_background_mode(tmp_path):
 
 
 @pytest.mark.parametrize("opts", [["-s"], ["-o", "read_ahead_kb=0"], ["-o", "max_threads=2"],
+                                  ["-o", "max_threads=1"], ["-o", "spin_us=0"], ["-s", "-o", "spin_us=0"],
                                   ["-o", "layout=tree"], ["-o", "default_permissions"]],
                          ids=lambda o: " ".join(o))
 def test_options_mount_and_serve(tmp_path, mount, opts):
@@ -162,6 +163,40 @@ def test_options_mount_and_serve(tmp_path, mount, opts):
         assert (m.mnt / rel).read_bytes() == arr.tobytes()
     assert os.getxattr(m.mnt / "w" / "big", PREFIX + "shape") == b"[256,300]"
     assert util.errno_of(os.open, m.mnt / "other", os.O_WRONLY) in util.READ_ONLY_ERRNOS
+
+
+def daemon_sleeps(pid):
+    """How often the daemon's threads have slept (voluntary context switches, all threads)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            total += int(next(line for line in f if line.startswith("voluntary_ctxt_switches:")).split()[1])
+    return total
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="polling needs a second CPU")
+@pytest.mark.parametrize("spin_us, asleep", [(0, True), (20000, False)], ids=["spin_us=0", "spin_us=20000"])
+def test_the_reader_polls_between_quick_requests(tmp_path, mount, spin_us, asleep):
+    """Quick requests 0.2 ms apart find the reader still polling /dev/fuse, where a
+    sleeping reader would have to be woken for each (on a VM, on another vCPU, that
+    wakeup cost more than the request: docs/BENCHMARKS.md).  With -o spin_us=0 it
+    sleeps before every one."""
+    p, _ = small_model(tmp_path)
+    m = mount(p, "-o", f"spin_us={spin_us}")
+    path = m.mnt / "w" / "big"
+    os.getxattr(path, PREFIX + "shape")
+    calls = 2000
+    before = daemon_sleeps(m.proc.pid)
+    for _ in range(calls):
+        os.getxattr(path, PREFIX + "shape")
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.0002:  # busy, so that the caller's CPU never idles either
+            pass
+    slept = daemon_sleeps(m.proc.pid) - before
+    if asleep:
+        assert slept >= calls * 0.9, f"{slept} sleeps for {calls} requests"
+    else:
+        assert slept < calls / 4, f"{slept} sleeps for {calls} requests"
 
 
 def test_read_ahead_kb(tmp_path, mount):
