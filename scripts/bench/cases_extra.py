@@ -173,6 +173,11 @@ def random_reads(path, base, offsets, buf):
         os.close(fd)
 
 
+def labelled(args, label):
+    """A row's suffix naming the variant, where --variant asked for more than the defaults."""
+    return f" {label}" if len(args.variants) > 1 else ""
+
+
 def case_random(args, work):
     """20k random 4 KiB preads (seeded, 4 KiB-aligned within the tensor) on a fresh mount, and
     again on the same mount, against the same preads of the warm backing file."""
@@ -180,19 +185,22 @@ def case_random(args, work):
     offsets = (np.random.default_rng(4).integers(0, size // PAGE, RANDOM_READS) * PAGE).tolist()
     mnt = mountpoint(work)
     buf = bytearray(PAGE)
-    direct1, first, direct2, again = [], [], [], []
-    for _ in range(args.pairs):
-        direct1.append(timed(lambda: random_reads(model, offset, offsets, buf)))
-        with Mount(args.bin, model, mnt):
-            first.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
-            direct2.append(timed(lambda: random_reads(model, offset, offsets, buf)))
-            again.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
-    what = f"20k random 4 KiB preads in a {size_label(size)} tensor"
-    nbytes = RANDOM_READS * PAGE
-    return [time_row(f"{what}, first touch after a fresh mount (backing warm)", "preads of the backing file",
-                     "the mount", direct1, first, 8, nbytes),
-            time_row(f"{what}, again on the same mount", "preads of the backing file", "the mount",
-                     direct2, again, 1.1, nbytes)]
+    rows = []
+    for label, options in args.variants:
+        direct1, first, direct2, again = [], [], [], []
+        for _ in range(args.pairs):
+            direct1.append(timed(lambda: random_reads(model, offset, offsets, buf)))
+            with Mount(args.bin, model, mnt, options):
+                first.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
+                direct2.append(timed(lambda: random_reads(model, offset, offsets, buf)))
+                again.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
+        what = f"20k random 4 KiB preads in a {size_label(size)} tensor"
+        nbytes = RANDOM_READS * PAGE
+        rows += [time_row(f"{what}, first touch after a fresh mount (backing warm){labelled(args, label)}",
+                          "preads of the backing file", "the mount", direct1, first, 8, nbytes),
+                 time_row(f"{what}, again on the same mount{labelled(args, label)}", "preads of the backing file",
+                          "the mount", direct2, again, 1.1, nbytes)]
+    return rows
 
 
 # numpy -----------------------------------------------------------------------------------------
@@ -311,15 +319,19 @@ def case_walk(args, work):
     count = args.header_count
     model = header_model(work, count)
     mnt = mountpoint(work)
-    finds, xattrs = [], []
-    for _ in range(args.pairs):
-        with Mount(args.bin, model, mnt):
-            f, x = walk(mnt, count)
-        finds.append(f)
-        xattrs.append(x)
-    return [value_row(f"walk: `find -type f` of a fresh mount, {count} tensors", "the mount", finds, 0.5, "s"),
-            value_row(f"walk: os.getxattr(user.safetensors.offset) of each of {count} files", "the mount",
-                      xattrs, 2.0, "s")]
+    rows = []
+    for label, options in args.variants:
+        finds, xattrs = [], []
+        for _ in range(args.pairs):
+            with Mount(args.bin, model, mnt, options):
+                f, x = walk(mnt, count)
+            finds.append(f)
+            xattrs.append(x)
+        rows += [value_row(f"walk: `find -type f` of a fresh mount, {count} tensors{labelled(args, label)}",
+                           "the mount", finds, 0.5, "s"),
+                 value_row(f"walk: os.getxattr(user.safetensors.offset) of each of {count} files"
+                           f"{labelled(args, label)}", "the mount", xattrs, 2.0, "s")]
+    return rows
 
 
 def vm_hwm_mib(pid):
