@@ -9,7 +9,8 @@
  * turn to a follower, so that bulk reads still run side by side.
  *
  * libfuse 3.14's own loops cannot do this: their threads sleep in read(),
- * and the kernel wakes one of them for every request.
+ * and the kernel wakes one of them for every request.  They still serve
+ * -o spin_us=0.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -203,7 +204,7 @@ static void stop_workers(struct loop *lp, pthread_t *ids, unsigned n)
 		pthread_join(ids[i], NULL);
 }
 
-int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us)
+static int polling_loop(struct fuse_session *se, unsigned threads, unsigned spin_us)
 {
 	struct loop lp = {.se = se, .fd = fuse_session_fd(se), .spin_ns = 1000L * spin_us,
 			  .lock = PTHREAD_MUTEX_INITIALIZER, .turn_free = PTHREAD_COND_INITIALIZER};
@@ -228,4 +229,32 @@ int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us)
 	sem_destroy(&lp.ended);
 	free(ids);
 	return lp.error;
+}
+
+/*
+ * Without polling, libfuse's own loops serve better than one reader that sleeps:
+ * their several sleeping readers (one /dev/fuse fd each) are woken wherever the
+ * scheduler puts them, often on the caller's CPU, where the wakeup is cheap.
+ */
+static int libfuse_loop(struct fuse_session *se, unsigned threads)
+{
+	struct fuse_loop_config *cfg;
+	int rc;
+
+	if (threads == 1)
+		return fuse_session_loop(se);
+	if (!(cfg = fuse_loop_cfg_create()))
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(cfg, 1);
+	fuse_loop_cfg_set_max_threads(cfg, threads);
+	rc = fuse_session_loop_mt(se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return rc;
+}
+
+int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us)
+{
+	if (spin_us == 0)
+		return libfuse_loop(se, threads);
+	return polling_loop(se, threads, spin_us);
 }

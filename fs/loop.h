@@ -12,8 +12,9 @@
 /*
  * Serves SE with THREADS threads (1 answers every request in turn) until the
  * session ends: unmounted, or fuse_session_exit() from a signal handler.
- * SPIN_US 0 never polls.  Returns 0, or a negative errno when reading the
- * device failed for another reason.
+ * SPIN_US 0 never polls, and uses libfuse's own loops.  Returns 0 (or, from
+ * libfuse's loops, the signal that ended it), or a negative errno when
+ * reading the device failed for another reason.
  */
 int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us);
 

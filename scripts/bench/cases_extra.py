@@ -414,22 +414,23 @@ def case_threads(args, work):
     model, offsets, each = threads_model(args, work)
     mnt = mountpoint(work)
     rows = []
-    for n in THREADS:
-        direct = [(model, offsets[f"t{k}"]) for k in range(n)]
-        ours = [(mnt / f"t{k}", 0) for k in range(n)]
-        d1, first, d2, again = [], [], [], []
-        for _ in range(args.pairs):
-            d1.append(parallel_read(direct, each))
-            with Mount(args.bin, model, mnt):
-                first.append(parallel_read(ours, each))
-                d2.append(parallel_read(direct, each))
-                again.append(parallel_read(ours, each))
-        what = (f"{n} threads, each reading its own {size_label(each)} tensor" if n > 1
-                else f"1 thread reading one {size_label(each)} tensor")
-        rows.append(summary(f"{what}, first read after a fresh mount", "pread of the backing file", "the mount",
-                            d1, first, n * each, 0.45))
-        rows.append(summary(f"{what}, re-read (same mount)", "pread of the backing file", "the mount",
-                            d2, again, n * each, 0.9))
+    for label, options in args.variants:
+        for n in THREADS:
+            direct = [(model, offsets[f"t{k}"]) for k in range(n)]
+            ours = [(mnt / f"t{k}", 0) for k in range(n)]
+            d1, first, d2, again = [], [], [], []
+            for _ in range(args.pairs):
+                d1.append(parallel_read(direct, each))
+                with Mount(args.bin, model, mnt, options):
+                    first.append(parallel_read(ours, each))
+                    d2.append(parallel_read(direct, each))
+                    again.append(parallel_read(ours, each))
+            what = (f"{n} threads, each reading its own {size_label(each)} tensor" if n > 1
+                    else f"1 thread reading one {size_label(each)} tensor")
+            rows.append(summary(f"{what}, first read after a fresh mount{labelled(args, label)}",
+                                "pread of the backing file", "the mount", d1, first, n * each, 0.45))
+            rows.append(summary(f"{what}, re-read (same mount){labelled(args, label)}", "pread of the backing file",
+                                "the mount", d2, again, n * each, 0.9))
     return rows
 
 
