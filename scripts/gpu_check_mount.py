@@ -152,6 +152,12 @@ try:
               "the tensor's first %d bytes%s" % (name, len(hexes),
                                                   "" if c.returncode == 0 else ": " + c.stderr.strip()))
 
+    def say_speed(what, got, seconds):
+        nbytes = got.numel() * got.element_size()
+        if seconds:
+            say("      %s: %d bytes in %.4f s, %.2f GB/s (the daemon's own time)"
+                % (what, nbytes, seconds, nbytes / seconds / 1e9))
+
     # one rank's slices: rows of one tensor, columns of another (a gathered view)
     w = sorted(n for n, t in ref.items() if t.dim() == 2 and t.shape[0] >= 1024 and t.shape[1] >= 1024)[0]
     rows, cols = ref[w].shape
@@ -162,6 +168,7 @@ try:
         got = list(sl.values())[0]
         check(same(got, ref[w][r0:r1]), "row slice %s[%d:%d] uploaded to %s equals torch's slice"
               % (path, r0, r1, device))
+        say_speed("row slice", got, sl.seconds)
         client.free(mnt, sl.id)
     except Exception as e:
         check(False, "row slice upload: %s" % e)
@@ -170,6 +177,7 @@ try:
         got = list(sl.values())[0]
         check(same(got, ref[w][:, c0:c1]), "column slice %s[:,%d:%d] uploaded to %s equals torch's slice"
               % (path, c0, c1, device))
+        say_speed("column slice (one range per row, carried side by side)", got, sl.seconds)
         client.free(mnt, sl.id)
     except Exception as e:
         check(False, "column slice upload: %s" % e)
