@@ -21,6 +21,8 @@
 #endif
 /* Measured in docs/BENCHMARKS.md: a 16 MiB window lets the kernel keep 1 MiB requests in flight. */
 #define DEFAULT_READ_AHEAD_KB 16384
+/* A second of polling per request is already far past any use; larger values are typos. */
+#define SPIN_US_MAX 1000000u
 /* Measured in docs/BENCHMARKS.md: see "splice". */
 #define DEFAULT_SPLICE 0
 
@@ -175,6 +177,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (view_table_init(&fs->views) < 0)
 		return fail(fs->opt.source, "cannot set up the view table");
 	fs->views_ready = 1;
+	if (fs->opt.spin_us > SPIN_US_MAX)
+		return fail("spin_us", "must be 0 to 1000000 (microseconds)");
 	if (fs->opt.gpu && strcmp(fs->opt.gpu, "auto") && strcmp(fs->opt.gpu, "cuda") && strcmp(fs->opt.gpu, "hip") &&
 	    strcmp(fs->opt.gpu, "host") && strcmp(fs->opt.gpu, "none"))
 		return fail("gpu", "must be auto, cuda, hip, host or none");
