@@ -24,6 +24,7 @@ struct fs_options {
 	int listviews;          /* readdir lists each tensor's .npy view too */
 	char *gpu;              /* -o gpu=: the default upload device */
 	unsigned spin_us;       /* -o spin_us=: how long the reader polls before it sleeps */
+	unsigned max_threads;   /* -o max_threads=: threads that serve requests; 0: by CPU count */
 };
 
 struct fs {

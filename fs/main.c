@@ -33,6 +33,8 @@ static const struct fuse_opt option_spec[] = {
 	OPT("listviews", listviews),
 	OPT("gpu=%s", gpu),
 	OPT("spin_us=%u", spin_us),
+	/* Taken here, not by libfuse, whose parser fills in 10 when it is not given. */
+	OPT("max_threads=%u", max_threads),
 	FUSE_OPT_END,
 };
 
@@ -100,13 +102,12 @@ static int add_fsname(struct fuse_args *args, const char *source)
 }
 
 /* One thread per core, 4 to 8, like the reply buffers; -s is one thread, -o max_threads=N is N. */
-static unsigned loop_threads(const struct fuse_cmdline_opts *cmd, long cpus)
+static unsigned loop_threads(const struct fuse_cmdline_opts *cmd, unsigned max_threads, long cpus)
 {
 	if (cmd->singlethread)
 		return 1;
-	/* UINT_MAX (or 0 in older libfuse) means the option was not given. */
-	if (cmd->max_threads != UINT_MAX && cmd->max_threads != 0)
-		return cmd->max_threads;
+	if (max_threads)
+		return max_threads;
 	return cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus;
 }
 
@@ -124,7 +125,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
-			rc = loop_run(se, loop_threads(cmd, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us) < 0 ? 1 : 0;
+			rc = loop_run(se, loop_threads(cmd, fs->opt.max_threads, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
 			readahead_join(&ra);
 		}
