@@ -1,12 +1,13 @@
 /*
  * The request loop.  Threads take turns as the one reader of /dev/fuse
- * (leader and followers).  The reader keeps reading the non-blocking device
- * for spin_us after each request before it sleeps in poll(): on a VM whose
- * idle vCPUs halt, waking a sleeping thread on another vCPU costs more than
- * the request itself (docs/BENCHMARKS.md, "Round trips").  The reader answers
- * a quick request (lookup, getattr, xattr, readdir, a small read) itself and
- * reads on; before a slow one (a bulk read, a control write) it hands its
- * turn to a follower, so that bulk reads still run side by side.
+ * (leader and followers).  The reader answers a quick request (lookup,
+ * getattr, xattr, readdir, a read of up to 64 KiB) itself, then keeps reading
+ * the non-blocking device for spin_us before it sleeps in poll(): on a VM
+ * whose idle vCPUs halt, waking a sleeping thread on another vCPU costs more
+ * than the request itself (docs/BENCHMARKS.md, "Round trips"), and a caller
+ * just answered is likely to ask again at once.  Before any other request (a
+ * bulk read, a control write) it hands its turn to a follower, so that bulk
+ * reads still run side by side and a slow upload holds up nothing else.
  *
  * libfuse 3.14's own loops cannot do this: their threads sleep in read(),
  * and the kernel wakes one of them for every request.  They still serve
