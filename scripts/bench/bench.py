@@ -108,6 +108,21 @@ def pairs(n, first, second):
     return a, b
 
 
+def first_and_again(args, model, mnt, options, direct, ours, clock=None):
+    """args.pairs times: the backing file, then a fresh mount, the backing file and the same
+    mount again; returns the four time lists (direct, first, direct, again).  clock(fn) is the
+    time fn takes (default: timed; a reader that times itself passes its own)."""
+    clock = clock or timed
+    direct1, first, direct2, again = [], [], [], []
+    for _ in range(args.pairs):
+        direct1.append(clock(direct))
+        with Mount(args.bin, model, mnt, options):
+            first.append(clock(ours))
+            direct2.append(clock(direct))
+            again.append(clock(ours))
+    return direct1, first, direct2, again
+
+
 def summary(name, label_a, label_b, ta, tb, nbytes, goal):
     ratios = [x / y for x, y in zip(ta, tb)]  # B's throughput over A's
     med = statistics.median(ratios)
@@ -128,13 +143,9 @@ def case_sequential_warm(args, work):
     buf = bytearray(CHUNK)
     results = []
     for label, options in args.variants:
-        first, again, direct1, direct2 = [], [], [], []
-        for _ in range(args.pairs):
-            direct1.append(timed(lambda: read_range(model, offset, size, buf)))
-            with Mount(args.bin, model, mnt, options):
-                first.append(timed(lambda: read_range(mnt / "w", 0, size, buf)))
-                direct2.append(timed(lambda: read_range(model, offset, size, buf)))
-                again.append(timed(lambda: read_range(mnt / "w", 0, size, buf)))
+        direct1, first, direct2, again = first_and_again(
+            args, model, mnt, options, lambda: read_range(model, offset, size, buf),
+            lambda: read_range(mnt / "w", 0, size, buf))
         results.append(summary(f"{size_label(size)} tensor, warm backing file, first read after mount {label}",
                                "pread of the backing file", "the mount", direct1, first, size, 0.45))
         results.append(summary(f"{size_label(size)} tensor, re-read (FUSE page cache) {label}",

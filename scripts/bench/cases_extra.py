@@ -19,8 +19,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from bench import (CHUNK, Mount, big_model, header_model, mountpoint, read_range, size_label,
-                   summary, timed)
+from bench import (CHUNK, Mount, big_model, first_and_again, header_model, mountpoint, read_range,
+                   size_label, summary, timed)
 
 NAN = float("nan")
 
@@ -187,13 +187,9 @@ def case_random(args, work):
     buf = bytearray(PAGE)
     rows = []
     for label, options in args.variants:
-        direct1, first, direct2, again = [], [], [], []
-        for _ in range(args.pairs):
-            direct1.append(timed(lambda: random_reads(model, offset, offsets, buf)))
-            with Mount(args.bin, model, mnt, options):
-                first.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
-                direct2.append(timed(lambda: random_reads(model, offset, offsets, buf)))
-                again.append(timed(lambda: random_reads(mnt / "w", 0, offsets, buf)))
+        direct1, first, direct2, again = first_and_again(
+            args, model, mnt, options, lambda: random_reads(model, offset, offsets, buf),
+            lambda: random_reads(mnt / "w", 0, offsets, buf))
         what = f"20k random 4 KiB preads in a {size_label(size)} tensor"
         nbytes = RANDOM_READS * PAGE
         rows += [time_row(f"{what}, first touch after a fresh mount (backing warm){labelled(args, label)}",
@@ -418,13 +414,9 @@ def case_threads(args, work):
         for n in THREADS:
             direct = [(model, offsets[f"t{k}"]) for k in range(n)]
             ours = [(mnt / f"t{k}", 0) for k in range(n)]
-            d1, first, d2, again = [], [], [], []
-            for _ in range(args.pairs):
-                d1.append(parallel_read(direct, each))
-                with Mount(args.bin, model, mnt, options):
-                    first.append(parallel_read(ours, each))
-                    d2.append(parallel_read(direct, each))
-                    again.append(parallel_read(ours, each))
+            d1, first, d2, again = first_and_again(
+                args, model, mnt, options, lambda: parallel_read(direct, each),
+                lambda: parallel_read(ours, each), clock=lambda read: read())
             what = (f"{n} threads, each reading its own {size_label(each)} tensor" if n > 1
                     else f"1 thread reading one {size_label(each)} tensor")
             rows.append(summary(f"{what}, first read after a fresh mount{labelled(args, label)}",
