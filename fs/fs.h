@@ -13,6 +13,8 @@ struct fuse_conn_info_opts;
 #include "control.h"
 #include "bufpool.h"
 
+struct loop;
+
 /* The largest read the kernel sends: libfuse 3.14 caps requests at this many pages. */
 #define REPLY_MAX_PAGES 256
 
@@ -42,6 +44,7 @@ struct fs {
 	struct control control;
 	int control_ready;
 	struct bufpool replies; /* the buffers of replies the daemon fills itself */
+	struct loop *loop;      /* the polling request loop while it runs, for loop_step_aside */
 	int replies_ready;
 	int views_ready;
 };

@@ -1,13 +1,15 @@
 /*
  * The request loop.  Threads take turns as the one reader of /dev/fuse
- * (leader and followers).  The reader answers a quick request (lookup,
- * getattr, xattr, readdir, a read of up to 64 KiB) itself, then keeps reading
- * the non-blocking device for spin_us before it sleeps in poll(): on a VM
- * whose idle vCPUs halt, waking a sleeping thread on another vCPU costs more
- * than the request itself (docs/BENCHMARKS.md, "Round trips"), and a caller
- * just answered is likely to ask again at once.  Before any other request (a
- * bulk read, a control write) it hands its turn to a follower, so that bulk
- * reads still run side by side and a slow upload holds up nothing else.
+ * (leader and followers).  The reader answers metadata requests (lookup,
+ * getattr, xattr, readdir: all from memory) itself, and a small read too while
+ * nothing else waits; then it keeps reading the non-blocking device for
+ * spin_us before it sleeps in poll(): on a VM whose idle vCPUs halt, waking a
+ * sleeping thread on another vCPU costs more than the request itself
+ * (docs/BENCHMARKS.md, "Round trips"), and a caller just answered is likely
+ * to ask again at once.  Before any other request (a bulk read, a control
+ * write), and from inside an answer that turns out slow (loop_step_aside: a
+ * gathered view, a read that waits on the disk), it hands its turn to a
+ * follower, so that nothing waits behind a slow answer.
  *
  * libfuse 3.14's own loops cannot do this: their threads sleep in read(),
  * and the kernel wakes one of them for every request.  They still serve
@@ -24,7 +26,9 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +36,9 @@
 #include "loop.h"
 
 /* Small reads wait on their reply (random access); larger ones are readahead, throughput-bound. */
-#define QUICK_READ_MAX (64 * 1024)
+#define SMALL_READ_MAX (64 * 1024)
+/* serve_while_reader's answer when an answer gave the turn away. */
+#define STEPPED_ASIDE (-EINPROGRESS)
 
 struct loop {
 	struct fuse_session *se;
@@ -42,28 +48,38 @@ struct loop {
 	atomic_bool stop;
 	pthread_mutex_t lock;
 	pthread_cond_t turn_free;
-	bool turn_taken; /* under lock */
-	int error;       /* under lock: the first unexpected device error */
-	sem_t ended;     /* posted by each thread that leaves */
+	bool turn_taken;  /* under lock */
+	pthread_t holder; /* under lock: who has it, while turn_taken */
+	bool turn_warm;   /* under lock: the next reader polls before it sleeps */
+	int error;        /* under lock: the first unexpected device error */
+	sem_t ended;      /* posted by each thread that leaves */
 };
 
-static bool is_quick(const struct fuse_buf *buf)
+/* How the reader treats a request it has read. */
+enum kind {
+	METADATA,   /* from memory: answered by the reader, which then polls on */
+	SMALL_READ, /* answered by the reader too, unless more requests already wait */
+	OTHER,      /* bulk reads, control writes: handed over; the next reader sleeps */
+};
+
+static enum kind kind_of(const struct fuse_buf *buf)
 {
 	const struct fuse_in_header *in = buf->mem;
 	const struct fuse_read_in *rd = (const void *)(in + 1);
 
-	if (buf->size < sizeof(*in))
-		return false;
+	/* A request spliced into a pipe (-o splice_read) is not in memory to look at. */
+	if ((buf->flags & FUSE_BUF_IS_FD) || !buf->mem || buf->size < sizeof(*in))
+		return OTHER;
 	switch (in->opcode) {
 	case FUSE_LOOKUP: case FUSE_FORGET: case FUSE_BATCH_FORGET: case FUSE_GETATTR:
 	case FUSE_GETXATTR: case FUSE_LISTXATTR: case FUSE_OPEN: case FUSE_OPENDIR:
 	case FUSE_READDIR: case FUSE_READDIRPLUS: case FUSE_RELEASE: case FUSE_RELEASEDIR:
 	case FUSE_FLUSH: case FUSE_STATFS: case FUSE_ACCESS: case FUSE_INTERRUPT:
-		return true;
+		return METADATA;
 	case FUSE_READ:
-		return buf->size >= sizeof(*in) + sizeof(*rd) && rd->size <= QUICK_READ_MAX;
+		return buf->size >= sizeof(*in) + sizeof(*rd) && rd->size <= SMALL_READ_MAX ? SMALL_READ : OTHER;
 	default:
-		return false;
+		return OTHER;
 	}
 }
 
@@ -83,10 +99,17 @@ static void sleep_until_readable(struct loop *lp)
 	(void)poll(fds, 2, -1); /* EINTR or not, the caller reads again */
 }
 
+static bool more_waiting(const struct loop *lp)
+{
+	struct pollfd pfd = {.fd = lp->fd, .events = POLLIN};
+
+	return poll(&pfd, 1, 0) > 0;
+}
+
 /*
  * The next request into BUF: its size, 0 when the session has ended, or a
  * negative errno.  SPIN: poll for spin_ns before sleeping.  Only a reader
- * that has just answered a quick request spins: it is likely to be asked
+ * that has just answered a request itself spins: it is likely to be asked
  * again at once, while bulk reads keep enough in flight to hide a wakeup.
  */
 static int receive(struct loop *lp, struct fuse_buf *buf, bool spin)
@@ -113,20 +136,52 @@ static int receive(struct loop *lp, struct fuse_buf *buf, bool spin)
 	}
 }
 
-static void take_turn(struct loop *lp)
+/* Waits for the reader's turn; returns whether to poll before sleeping. */
+static bool take_turn(struct loop *lp)
 {
+	bool warm;
+
 	pthread_mutex_lock(&lp->lock);
 	while (lp->turn_taken)
 		pthread_cond_wait(&lp->turn_free, &lp->lock);
 	lp->turn_taken = true;
+	lp->holder = pthread_self();
+	warm = lp->turn_warm;
+	pthread_mutex_unlock(&lp->lock);
+	return warm;
+}
+
+static void pass_turn_locked(struct loop *lp, bool warm)
+{
+	lp->turn_taken = false;
+	lp->turn_warm = warm;
+	pthread_cond_signal(&lp->turn_free);
+}
+
+static void pass_turn(struct loop *lp, bool warm)
+{
+	pthread_mutex_lock(&lp->lock);
+	pass_turn_locked(lp, warm);
 	pthread_mutex_unlock(&lp->lock);
 }
 
-static void pass_turn(struct loop *lp)
+static bool holds_turn(struct loop *lp)
 {
+	bool mine;
+
 	pthread_mutex_lock(&lp->lock);
-	lp->turn_taken = false;
-	pthread_cond_signal(&lp->turn_free);
+	mine = lp->turn_taken && pthread_equal(lp->holder, pthread_self());
+	pthread_mutex_unlock(&lp->lock);
+	return mine;
+}
+
+void loop_step_aside(struct loop *lp)
+{
+	if (!lp)
+		return;
+	pthread_mutex_lock(&lp->lock);
+	if (lp->turn_taken && pthread_equal(lp->holder, pthread_self()))
+		pass_turn_locked(lp, true);
 	pthread_mutex_unlock(&lp->lock);
 }
 
@@ -143,25 +198,47 @@ static void leave(struct loop *lp, int res)
 	sem_post(&lp->ended);
 }
 
+/*
+ * While this thread holds the turn: answers metadata itself, and a small read
+ * too while nothing else waits (one caller reading at random).  Returns the
+ * first request it leaves to be answered after the turn is passed (> 0, in
+ * BUF, KIND set), 0 or a negative errno when the session ends, or
+ * STEPPED_ASIDE when an answer gave the turn away.
+ */
+static int serve_while_reader(struct loop *lp, struct fuse_buf *buf, bool spin, enum kind *kind)
+{
+	int res;
+
+	while ((res = receive(lp, buf, spin)) > 0) {
+		*kind = kind_of(buf);
+		if (*kind == OTHER || (*kind == SMALL_READ && more_waiting(lp)))
+			return res;
+		fuse_session_process_buf(lp->se, buf);
+		if (!holds_turn(lp))
+			return STEPPED_ASIDE;
+		spin = true;
+	}
+	return res;
+}
+
 static void *worker(void *arg)
 {
 	struct loop *lp = arg;
 	struct fuse_buf buf = {.mem = NULL};
 
 	for (;;) {
-		bool spin = false; /* a fresh reader sleeps at once: it was handed the turn by a bulk request */
-		int res;
+		enum kind kind = OTHER;
+		int res = serve_while_reader(lp, &buf, take_turn(lp), &kind);
 
-		take_turn(lp);
-		while ((res = receive(lp, &buf, spin)) > 0 && is_quick(&buf)) {
-			fuse_session_process_buf(lp->se, &buf);
-			spin = true;
-		}
-		pass_turn(lp);
+		if (res == STEPPED_ASIDE)
+			continue;
 		if (res <= 0) {
-			leave(lp, res);
+			leave(lp, res); /* before the next reader can read a request it would drop */
+			pass_turn(lp, false);
 			break;
 		}
+		/* Small reads pass a warm turn: the next one is likely to follow at once. */
+		pass_turn(lp, kind == SMALL_READ);
 		fuse_session_process_buf(lp->se, &buf);
 	}
 	free(buf.mem);
@@ -183,15 +260,15 @@ static unsigned start_workers(struct loop *lp, pthread_t *ids, unsigned threads)
 }
 
 /* Until a worker leaves or a signal handler ends the session (the 1 s bound covers a signal
- * that lands between the check and the wait). */
+ * that lands between the check and the wait, or on a thread other than this one). */
 static void wait_for_end(struct loop *lp)
 {
 	while (!fuse_session_exited(lp->se)) {
 		struct timespec until;
 
-		clock_gettime(CLOCK_REALTIME, &until);
+		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += 1;
-		if (sem_timedwait(&lp->ended, &until) == 0)
+		if (sem_clockwait(&lp->ended, CLOCK_MONOTONIC, &until) == 0)
 			break;
 	}
 }
@@ -205,7 +282,7 @@ static void stop_workers(struct loop *lp, pthread_t *ids, unsigned n)
 		pthread_join(ids[i], NULL);
 }
 
-static int polling_loop(struct fuse_session *se, unsigned threads, unsigned spin_us)
+static int polling_loop(struct fuse_session *se, unsigned threads, unsigned spin_us, struct loop **running)
 {
 	struct loop lp = {.se = se, .fd = fuse_session_fd(se), .spin_ns = 1000L * spin_us,
 			  .lock = PTHREAD_MUTEX_INITIALIZER, .turn_free = PTHREAD_COND_INITIALIZER};
@@ -214,17 +291,28 @@ static int polling_loop(struct fuse_session *se, unsigned threads, unsigned spin
 	unsigned started = 0;
 
 	if (!ids || flags < 0 || (lp.wake_fd = eventfd(0, EFD_CLOEXEC)) < 0) {
+		int err = errno;
+
+		fprintf(stderr, "safetensorsfs: cannot start serving requests: %s\n", strerror(err));
 		free(ids);
-		return -errno;
+		return -err;
 	}
 	sem_init(&lp.ended, 0, 0);
-	if (fcntl(lp.fd, F_SETFL, flags | O_NONBLOCK) < 0)
+	if (fcntl(lp.fd, F_SETFL, flags | O_NONBLOCK) < 0) {
 		lp.error = -errno;
-	else if ((started = start_workers(&lp, ids, threads)) == 0)
-		lp.error = -EAGAIN;
-	else
-		wait_for_end(&lp);
+	} else {
+		if (running)
+			*running = &lp; /* before any worker can answer a request */
+		if ((started = start_workers(&lp, ids, threads)) == 0)
+			lp.error = -EAGAIN;
+		else
+			wait_for_end(&lp);
+	}
+	if (lp.error && !started)
+		fprintf(stderr, "safetensorsfs: cannot start serving requests: %s\n", strerror(-lp.error));
 	stop_workers(&lp, ids, started);
+	if (running)
+		*running = NULL;
 	fcntl(lp.fd, F_SETFL, flags);
 	close(lp.wake_fd);
 	sem_destroy(&lp.ended);
@@ -253,9 +341,9 @@ static int libfuse_loop(struct fuse_session *se, unsigned threads)
 	return rc;
 }
 
-int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us)
+int loop_run(struct fuse_session *se, unsigned threads, unsigned spin_us, struct loop **running)
 {
 	if (spin_us == 0)
 		return libfuse_loop(se, threads);
-	return polling_loop(se, threads, spin_us);
+	return polling_loop(se, threads, spin_us, running);
 }

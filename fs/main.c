@@ -125,7 +125,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
-			rc = loop_run(se, loop_threads(cmd, fs->opt.max_threads, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us) < 0 ? 1 : 0;
+			rc = loop_run(se, loop_threads(cmd, fs->opt.max_threads, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us, &fs->loop) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
 			readahead_join(&ra);
 		}

@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 
 #include "fs.h"
+#include "loop.h"
 #include "xattr.h"
 
 /* The tree never changes while mounted, so the kernel may cache it for as long as it likes. */
@@ -356,13 +357,19 @@ static void reply_filled(fuse_req_t req, const struct shard *checked, size_t siz
 struct backing_range {
 	const struct shard *sh;
 	uint64_t pos;
+	struct loop *loop;
 };
 
+/* What the page cache holds comes at once; before waiting on the disk, other requests get a reader. */
 static int fill_backing(const void *ctx, char *buf, size_t size)
 {
 	const struct backing_range *r = ctx;
+	size_t got = shard_pread_cached(r->sh, buf, size, r->pos);
 
-	return shard_pread(r->sh, buf, size, r->pos);
+	if (got == size)
+		return 0;
+	loop_step_aside(r->loop);
+	return shard_pread(r->sh, buf + got, size - got, r->pos + got);
 }
 
 /*
@@ -385,7 +392,7 @@ static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct
 			fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
 	}
-	struct backing_range r = {sh, pos};
+	struct backing_range r = {sh, pos, fs->loop};
 	reply_filled(req, sh, size, fill_backing, &r);
 }
 
@@ -478,6 +485,8 @@ static void read_view(fuse_req_t req, const struct fs *fs, const struct view_nod
 		reply_from_backing(req, fs, sh, vs.start + src + (uint64_t)off, size);
 		return;
 	}
+	/* A gather makes a pread per run, however small the request: let other requests be read. */
+	loop_step_aside(fs->loop);
 	vs.plan = &v->plan;
 	vs.off = (uint64_t)off;
 	reply_filled(req, sh, size, fill_view, &vs);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "checks.h"
@@ -411,4 +412,12 @@ int shard_changed(const struct shard *sh)
 int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off)
 {
 	return st_pread_exact(sh->fd, buf, len, off);
+}
+
+size_t shard_pread_cached(const struct shard *sh, void *buf, size_t len, uint64_t off)
+{
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	ssize_t got = preadv2(sh->fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+
+	return got > 0 ? (size_t)got : 0;
 }

@@ -60,5 +60,8 @@ int shard_changed(const struct shard *sh);
 
 /* Reads exactly `len` bytes at `off`; returns 0, -EIO on a short read, or -errno. */
 int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off);
+/* What of [off, off+len) the page cache holds from OFF on, without waiting for the disk:
+ * the bytes read (0 when none, or when the filesystem cannot say). */
+size_t shard_pread_cached(const struct shard *sh, void *buf, size_t len, uint64_t off);
 
 #endif

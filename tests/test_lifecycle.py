@@ -2,10 +2,13 @@
 changes under a live mount."""
 import contextlib
 import errno
+import mmap
 import os
 import re
 import signal
+import statistics
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -199,6 +202,84 @@ def test_the_reader_polls_between_quick_requests(tmp_path, mount, spin_us, aslee
         assert slept >= calls * 0.9, f"{slept} sleeps for {calls} requests"
     else:
         assert slept < calls / 4, f"{slept} sleeps for {calls} requests"
+
+
+def test_a_slow_view_read_holds_up_no_lookup(tmp_path, mount):
+    """A column view is gathered with a pread per element, so one 64 KiB read of it takes
+    milliseconds.  The reader hands its turn on before it starts, so lookups that come
+    meanwhile are answered at once, not after it.  (Two times of one run compared with
+    each other, with a margin of 10: without the hand-over a lookup waits about half a
+    view read.)"""
+    p = tmp_path / "tall.safetensors"
+    save_file({"tall": np.arange(65536 * 64, dtype=np.float32).reshape(65536, 64)}, str(p))
+    m = mount(p)
+    view_reads, stop = [], threading.Event()
+
+    def read_view():
+        buf = mmap.mmap(-1, 1 << 16)  # O_DIRECT: every read reaches the daemon
+        fd = os.open(m.mnt / "tall[:,0:1]", os.O_RDONLY | os.O_DIRECT)
+        try:
+            i = 0
+            while not stop.is_set():
+                t = time.perf_counter()
+                assert os.preadv(fd, [buf], (i % 3) << 16) == 1 << 16
+                view_reads.append(time.perf_counter() - t)
+                i += 1
+        finally:
+            os.close(fd)
+
+    reader = threading.Thread(target=read_view)
+    reader.start()
+    lookups = []
+    try:
+        while len(view_reads) < 3:
+            time.sleep(0.01)
+        for i in range(200):
+            t = time.perf_counter()
+            assert util.errno_of(os.stat, m.mnt / f"absent{i}") == errno.ENOENT
+            lookups.append(time.perf_counter() - t)
+            time.sleep(0.0005)
+    finally:
+        stop.set()
+        reader.join()
+    view, lookup = statistics.median(view_reads), statistics.median(lookups)
+    assert lookup < view / 10, f"lookups {lookup * 1e6:.0f} µs against view reads of {view * 1e6:.0f} µs"
+
+
+@pytest.fixture
+def big_pipes():
+    """libfuse splices requests into pipes (-o splice_read) only if it can grow one past 1 MiB."""
+    path = "/proc/sys/fs/pipe-max-size"
+    try:
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
+            f.write(str(4 << 20))
+    except OSError:
+        pytest.skip("fs.pipe-max-size cannot be raised here (root only)")
+    yield
+    with open(path, "w") as f:
+        f.write(old)
+
+
+def test_requests_spliced_into_pipes(tmp_path, mount, big_pipes):
+    """With -o splice_read a request larger than a page (here a write to /.control) arrives
+    in a pipe, not in memory; the loop sorting requests must not look into it (it did, and
+    crashed).  The mount fixture fails the test if the daemon dies or prints anything."""
+    p, tensors = small_model(tmp_path)
+    m = mount(p, "-o", "splice_read")
+    buf = mmap.mmap(-1, 1 << 18)
+    fd = os.open(m.mnt / "w" / "big", os.O_RDONLY | os.O_DIRECT)
+    ctl = os.open(m.mnt / ".control", os.O_RDWR)
+    try:
+        for _ in range(100):
+            assert os.preadv(fd, [buf], 0) == tensors["w.big"].nbytes
+            with contextlib.suppress(OSError):  # not a command: refused, which is fine
+                os.write(ctl, b"x" * 8192)
+    finally:
+        os.close(fd)
+        os.close(ctl)
+    m.check_alive()
 
 
 def test_read_ahead_kb(tmp_path, mount):
