@@ -273,7 +273,7 @@ def test_requests_spliced_into_pipes(tmp_path, mount, big_pipes):
     ctl = os.open(m.mnt / ".control", os.O_RDWR)
     try:
         for _ in range(100):
-            assert os.preadv(fd, [buf], 0) == tensors["w.big"].nbytes
+            assert os.preadv(fd, [buf], 0) == len(buf) < tensors["w.big"].nbytes
             with contextlib.suppress(OSError):  # not a command: refused, which is fine
                 os.write(ctl, b"x" * 8192)
     finally:
