@@ -25,8 +25,10 @@ struct fs_options {
 	int splice;             /* splice tensor bytes from the backing file into the reply */
 	int listviews;          /* readdir lists each tensor's .npy view too */
 	char *gpu;              /* -o gpu=: the default upload device */
-	unsigned spin_us;       /* -o spin_us=: how long the reader polls before it sleeps */
-	unsigned max_threads;   /* -o max_threads=: threads that serve requests; 0: by CPU count */
+	char *spin_us_arg;      /* -o spin_us= as given */
+	char *max_threads_arg;  /* -o max_threads= as given */
+	unsigned spin_us;       /* how long the reader polls before it sleeps */
+	unsigned max_threads;   /* threads that serve requests */
 };
 
 struct fs {

@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 #include <limits.h>
 #include <stddef.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 #define DEFAULT_READ_AHEAD_KB 16384
 /* A second of polling per request is already far past any use; larger values are typos. */
 #define SPIN_US_MAX 1000000u
+/* Every thread is started at mount and keeps a 1 MiB request buffer. */
+#define MAX_THREADS_MAX 256u
 /* Measured in docs/BENCHMARKS.md: see "splice". */
 #define DEFAULT_SPLICE 0
 
@@ -32,9 +35,10 @@ static const struct fuse_opt option_spec[] = {
 	OPT("read_ahead_kb=%u", read_ahead_kb),
 	OPT("listviews", listviews),
 	OPT("gpu=%s", gpu),
-	OPT("spin_us=%u", spin_us),
+	/* As text, so that overflow and signs are caught (%u wraps them silently). */
+	OPT("spin_us=%s", spin_us_arg),
 	/* Taken here, not by libfuse, whose parser fills in 10 when it is not given. */
-	OPT("max_threads=%u", max_threads),
+	OPT("max_threads=%s", max_threads_arg),
 	FUSE_OPT_END,
 };
 
@@ -51,6 +55,8 @@ static void usage(const char *prog)
 	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads\n"
 	       "    -o spin_us=N           after each request, poll N microseconds for the next\n"
 	       "                           before sleeping (default %u; 0 on one CPU; 0: never)\n"
+	       "    -o max_threads=N       threads serving requests, 1 to 256 (default: one per\n"
+	       "                           CPU, 4 to 8; libfuse's text below says 10)\n"
 	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
 	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US);
 }
@@ -101,14 +107,52 @@ static int add_fsname(struct fuse_args *args, const char *source)
 	return rc;
 }
 
-/* One thread per core, 4 to 8, like the reply buffers; -s is one thread, -o max_threads=N is N. */
-static unsigned loop_threads(const struct fuse_cmdline_opts *cmd, unsigned max_threads, long cpus)
+/* The CPUs this process may run on (taskset, cpusets), not all the machine has. */
+static unsigned usable_cpus(void)
 {
-	if (cmd->singlethread)
-		return 1;
-	if (max_threads)
-		return max_threads;
-	return cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus;
+	cpu_set_t set;
+	long online = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (unsigned)CPU_COUNT(&set);
+	return online > 0 ? (unsigned)online : 1;
+}
+
+/* A whole decimal number from 0 to MAX, or -1. */
+static long parse_count(const char *text, unsigned long max)
+{
+	char *end;
+	unsigned long v;
+
+	if (!text || *text < '0' || *text > '9')
+		return -1;
+	errno = 0;
+	v = strtoul(text, &end, 10);
+	return errno || *end || v > max ? -1 : (long)v;
+}
+
+/* -o spin_us and -o max_threads, with their defaults by CPU count. */
+static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *cmd)
+{
+	unsigned cpus = usable_cpus();
+	long v;
+
+	/* Polling on the only CPU would keep the caller from running. */
+	opt->spin_us = cpus > 1 ? LOOP_DEFAULT_SPIN_US : 0;
+	if (opt->spin_us_arg) {
+		if ((v = parse_count(opt->spin_us_arg, SPIN_US_MAX)) < 0)
+			return fail("spin_us", "must be 0 to 1000000 (microseconds)");
+		opt->spin_us = (unsigned)v;
+	}
+	/* One thread per core, 4 to 8, like the reply buffers; -s is one thread. */
+	opt->max_threads = cmd->singlethread ? 1 : cpus < 4 ? 4 : cpus > 8 ? 8 : cpus;
+	if (opt->max_threads_arg) {
+		if ((v = parse_count(opt->max_threads_arg, MAX_THREADS_MAX)) < 1)
+			return fail("max_threads", "must be 1 to 256");
+		if (!cmd->singlethread)
+			opt->max_threads = (unsigned)v;
+	}
+	return 0;
 }
 
 /* Mounts and serves until unmounted; SOURCE has been validated already. */
@@ -125,7 +169,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
-			rc = loop_run(se, loop_threads(cmd, fs->opt.max_threads, sysconf(_SC_NPROCESSORS_ONLN)), fs->opt.spin_us, &fs->loop) < 0 ? 1 : 0;
+			rc = loop_run(se, fs->opt.max_threads, fs->opt.spin_us, &fs->loop) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
 			readahead_join(&ra);
 		}
@@ -163,6 +207,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		fs->layout = LAYOUT_FLAT;
 	else
 		return fail("layout", "must be tree or flat");
+	if (loop_options(&fs->opt, cmd))
+		return 1;
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
 	if (fs->src.warning)
@@ -178,8 +224,6 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (view_table_init(&fs->views) < 0)
 		return fail(fs->opt.source, "cannot set up the view table");
 	fs->views_ready = 1;
-	if (fs->opt.spin_us > SPIN_US_MAX)
-		return fail("spin_us", "must be 0 to 1000000 (microseconds)");
 	if (fs->opt.gpu && strcmp(fs->opt.gpu, "auto") && strcmp(fs->opt.gpu, "cuda") && strcmp(fs->opt.gpu, "hip") &&
 	    strcmp(fs->opt.gpu, "host") && strcmp(fs->opt.gpu, "none"))
 		return fail("gpu", "must be auto, cuda, hip, host or none");
@@ -187,9 +231,9 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return fail(fs->opt.source, "cannot set up the control file");
 	fs->control_ready = 1;
 	/* One reply buffer per core, 4 to 8: more fills at once than cores only take turns. */
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned cpus = usable_cpus();
 	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
-	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : (unsigned)cpus, reply_max) < 0)
+	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : cpus, reply_max) < 0)
 		return fail(fs->opt.source, "out of memory for reply buffers");
 	fs->replies_ready = 1;
 	fs->uid = getuid();
@@ -201,9 +245,7 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
-	/* Polling on the only CPU would keep the caller from running. */
-	unsigned spin_us = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? LOOP_DEFAULT_SPIN_US : 0;
-	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE, .spin_us = spin_us}};
+	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE}};
 	int rc = setup(&fs, &args, &cmd);
 
 	if (rc == 0)
@@ -215,6 +257,8 @@ int main(int argc, char *argv[])
 	if (fs.replies_ready)
 		bufpool_free(&fs.replies);
 	free(fs.opt.gpu);
+	free(fs.opt.spin_us_arg);
+	free(fs.opt.max_threads_arg);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -34,9 +35,15 @@ static void *tune(void *arg)
 
 void readahead_start(struct readahead_tuner *r, const char *mountpoint, unsigned kb, int debug)
 {
+	sigset_t all, old;
+
 	*r = (struct readahead_tuner){.mountpoint = mountpoint, .kb = kb, .debug = debug};
+	/* Signals stay with the thread that serves the loop, whose libfuse handler ends it. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	if (kb > 0 && pthread_create(&r->thread, NULL, tune, r) == 0)
 		r->started = 1;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 void readahead_join(struct readahead_tuner *r)

@@ -82,7 +82,9 @@ def test_usage_errors(tmp_path):
         assert r.stdout == ""
 
 
-@pytest.mark.parametrize("opt", ["layout=sideways", "spin_us=-5", "spin_us=1000001", "spin_us=abc"])
+@pytest.mark.parametrize("opt", ["layout=sideways", "spin_us=-5", "spin_us=1000001", "spin_us=abc",
+                                 "spin_us=4294967346", "max_threads=0", "max_threads=257",
+                                 "max_threads=4294967297", "max_threads=2x"])
 def test_bad_option_value(tmp_path, opt):
     """One line that names the option (libfuse's own for a value that is no number), no mount."""
     p, _ = small_model(tmp_path)
