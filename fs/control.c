@@ -86,10 +86,8 @@ static int add(struct items *it, struct item x)
 static int add_tensor(const struct fs *fs, struct items *it, uint32_t node)
 {
 	const struct node *n = &fs->tree.nodes[node];
-	const struct shard *sh = &fs->src.shards[n->tensor.shard];
-	const struct st_tensor *t = &sh->hdr.tensors[n->tensor.index];
-
-	return add(it, (struct item){node, NULL, sh->fd, sh->hdr.data_start + t->begin, st_tensor_nbytes(t), 0});
+	return add(it, (struct item){node, NULL, shard_of(fs, n)->fd, tensor_file_offset(fs, n),
+				     st_tensor_nbytes(tensor_of(fs, n)), 0});
 }
 
 /* Every tensor below directory `dir`, depth first. */
@@ -131,10 +129,8 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 				} else {
 					/* src: the tensor's first byte; its slice's runs are added at upload. */
 					const struct node *n = &fs->tree.nodes[vn->tensor];
-					const struct shard *sh = &fs->src.shards[n->tensor.shard];
-					rc = add(it, (struct item){vn->tensor, vn, sh->fd,
-								   sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin,
-								   vn->plan.size, 0});
+					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n)->fd,
+								   tensor_file_offset(fs, n), vn->plan.size, 0});
 				}
 				free(copy);
 				return rc;
@@ -237,8 +233,8 @@ static int pick_device(const struct control *c, const char *dev, enum gpu_kind *
 static void tensor_entry(const struct fs *fs, struct jout *j, const struct item *x)
 {
 	const struct node *n = &fs->tree.nodes[x->node];
-	const struct st_header *h = &fs->src.shards[n->tensor.shard].hdr;
-	const struct st_tensor *t = &h->tensors[n->tensor.index];
+	const struct st_header *h = &shard_of(fs, n)->hdr;
+	const struct st_tensor *t = tensor_of(fs, n);
 	enum st_dtype dtype = x->view ? x->view->plan.dtype : (enum st_dtype)t->dtype;
 	uint32_t rank = x->view ? x->view->plan.rank : t->rank;
 	const uint64_t *shape = x->view ? x->view->plan.shape : h->dims + t->dims;

@@ -51,6 +51,23 @@ struct fs {
 	int views_ready;
 };
 
+/* The shard that holds node N's bytes (the first one for nodes that are no tensor). */
+static inline const struct shard *shard_of(const struct fs *fs, const struct node *n)
+{
+	return &fs->src.shards[n->kind == NODE_TENSOR ? n->tensor.shard : 0];
+}
+
+/* Tensor node N's header entry, and where its bytes begin in its shard's file. */
+static inline const struct st_tensor *tensor_of(const struct fs *fs, const struct node *n)
+{
+	return &shard_of(fs, n)->hdr.tensors[n->tensor.index];
+}
+
+static inline uint64_t tensor_file_offset(const struct fs *fs, const struct node *n)
+{
+	return shard_of(fs, n)->hdr.data_start + tensor_of(fs, n)->begin;
+}
+
 /* The lowlevel operations (ops.c). */
 extern const struct fuse_lowlevel_ops fs_ops;
 

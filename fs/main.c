@@ -52,12 +52,13 @@ static void usage(const char *prog)
 	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
-	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads\n"
-	       "    -o spin_us=N           after each request, poll N microseconds for the next\n"
+	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads (auto)\n"
+	       "    -o spin_us=N           after a quick request, poll N microseconds for the next\n"
 	       "                           before sleeping (default %u; 0 on one CPU; 0: never)\n"
 	       "    -o max_threads=N       threads serving requests, 1 to 256 (default: one per\n"
 	       "                           CPU, 4 to 8; libfuse's text below says 10)\n"
-	       "    -o splice_write        splice tensor bytes into replies (-o no_splice_write)\n\n",
+	       "    -o splice_write        splice tensor bytes into replies (default: off;\n"
+	       "                           -o no_splice_write turns it off)\n\n",
 	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US);
 }
 
@@ -131,10 +132,15 @@ static long parse_count(const char *text, unsigned long max)
 	return errno || *end || v > max ? -1 : (long)v;
 }
 
-/* -o spin_us and -o max_threads, with their defaults by CPU count. */
-static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *cmd)
+/* Threads and reply buffers: one per CPU, 4 to 8 (more fills at once than cores only take turns). */
+static unsigned per_cpu(unsigned cpus)
 {
-	unsigned cpus = usable_cpus();
+	return cpus < 4 ? 4 : cpus > 8 ? 8 : cpus;
+}
+
+/* -o spin_us and -o max_threads, with their defaults by CPU count. */
+static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *cmd, unsigned cpus)
+{
 	long v;
 
 	/* Polling on the only CPU would keep the caller from running. */
@@ -144,8 +150,7 @@ static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *
 			return fail("spin_us", "must be 0 to 1000000 (microseconds)");
 		opt->spin_us = (unsigned)v;
 	}
-	/* One thread per core, 4 to 8, like the reply buffers; -s is one thread. */
-	opt->max_threads = cmd->singlethread ? 1 : cpus < 4 ? 4 : cpus > 8 ? 8 : cpus;
+	opt->max_threads = cmd->singlethread ? 1 : per_cpu(cpus);
 	if (opt->max_threads_arg) {
 		if ((v = parse_count(opt->max_threads_arg, MAX_THREADS_MAX)) < 1)
 			return fail("max_threads", "must be 1 to 256");
@@ -182,6 +187,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	char err[ST_ERR_LEN], *abs;
+	unsigned cpus = usable_cpus();
 
 	if (fuse_opt_parse(args, &fs->opt, option_spec, take_source) < 0)
 		return 1;
@@ -207,7 +213,7 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		fs->layout = LAYOUT_FLAT;
 	else
 		return fail("layout", "must be tree or flat");
-	if (loop_options(&fs->opt, cmd))
+	if (loop_options(&fs->opt, cmd, cpus))
 		return 1;
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
@@ -230,10 +236,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (control_init(&fs->control, fs->opt.gpu) < 0)
 		return fail(fs->opt.source, "cannot set up the control file");
 	fs->control_ready = 1;
-	/* One reply buffer per core, 4 to 8: more fills at once than cores only take turns. */
-	unsigned cpus = usable_cpus();
 	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
-	if (bufpool_init(&fs->replies, cpus < 4 ? 4 : cpus > 8 ? 8 : cpus, reply_max) < 0)
+	if (bufpool_init(&fs->replies, per_cpu(cpus), reply_max) < 0)
 		return fail(fs->opt.source, "out of memory for reply buffers");
 	fs->replies_ready = 1;
 	fs->uid = getuid();

@@ -30,13 +30,6 @@ const char *npy_descr(enum st_dtype dtype)
 	return (unsigned)dtype < ST_DTYPE_COUNT ? descr[dtype] : NULL;
 }
 
-unsigned npy_elem_size(enum st_dtype dtype)
-{
-	unsigned bits = st_dtype_bits(dtype);
-
-	return bits < 8 ? 1 : bits / 8;
-}
-
 /* Python's repr() of the shape tuple: "()", "(3,)", "(2, 3)". */
 static size_t shape_repr(char *p, const uint64_t *shape, uint32_t rank)
 {

@@ -28,9 +28,6 @@
 /* The descr string for dtype, or NULL when .npy cannot hold it. */
 const char *npy_descr(enum st_dtype dtype);
 
-/* Bytes per element in the .npy data: 1 for sub-byte dtypes (unpacked). */
-unsigned npy_elem_size(enum st_dtype dtype);
-
 /* A malloc'd header for an array of dtype and shape into *out, its length (a
  * multiple of 64) into *len.  0, -ENOENT for a dtype without descr, -ENOMEM. */
 int npy_header(enum st_dtype dtype, const uint64_t *shape, uint32_t rank, char **out, size_t *len);

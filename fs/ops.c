@@ -42,11 +42,6 @@ static const struct view_node *view_of(const struct fs *fs, fuse_ino_t ino)
 	return view_get((struct view_table *)&fs->views, ino - fs->tree.n_nodes - 1);
 }
 
-static const struct shard *shard_of(const struct fs *fs, const struct node *n)
-{
-	return &fs->src.shards[n->kind == NODE_TENSOR ? n->tensor.shard : 0];
-}
-
 /* One shard's header as stored, or {"label":header,...} for several (source.h). */
 static uint64_t header_json_size(const struct source *src)
 {
@@ -472,7 +467,7 @@ static void read_view(fuse_req_t req, const struct fs *fs, const struct view_nod
 {
 	const struct node *n = &fs->tree.nodes[v->tensor];
 	const struct shard *sh = shard_of(fs, n);
-	struct view_source vs = {sh, sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin, NULL, 0};
+	struct view_source vs = {sh, tensor_file_offset(fs, n), NULL, 0};
 	uint64_t src;
 
 	if (off < 0 || (uint64_t)off >= v->plan.size) {
@@ -537,7 +532,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		reply_header_json(req, &fs->src, (uint64_t)off, size);
 		return;
 	}
-	start = n->kind == NODE_TENSOR ? sh->hdr.data_start + sh->hdr.tensors[n->tensor.index].begin : 8;
+	start = n->kind == NODE_TENSOR ? tensor_file_offset(fs, n) : 8;
 	reply_from_backing(req, fs, sh, start + (uint64_t)off, size);
 }
 

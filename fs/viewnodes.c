@@ -47,8 +47,8 @@ static struct view_node *make(struct fs *fs, uint32_t parent, const char *name)
 	if (base < 0 || fs->tree.nodes[base].kind != NODE_TENSOR)
 		return NULL;
 	const struct node *n = &fs->tree.nodes[base];
-	const struct st_header *h = &fs->src.shards[n->tensor.shard].hdr;
-	const struct st_tensor *t = &h->tensors[n->tensor.index];
+	const struct st_header *h = &shard_of(fs, n)->hdr;
+	const struct st_tensor *t = tensor_of(fs, n);
 	if (!(v = calloc(1, sizeof(*v))))
 		return NULL;
 	if (view_plan(&spec, t->dtype, h->dims + t->dims, t->rank, &v->plan) < 0 || !(v->name = strdup(name))) {

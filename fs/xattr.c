@@ -60,9 +60,9 @@ static int finish(struct buf *b, char **value, size_t *len)
 
 static void tensor_value(const struct fs *fs, const struct node *n, const char *attr, struct buf *b)
 {
-	const struct shard *sh = &fs->src.shards[n->tensor.shard];
+	const struct shard *sh = shard_of(fs, n);
 	const struct st_header *h = &sh->hdr;
-	const struct st_tensor *t = &h->tensors[n->tensor.index];
+	const struct st_tensor *t = tensor_of(fs, n);
 
 	if (strcmp(attr, "name") == 0) {
 		add(b, st_tensor_name(h, t), t->name_len);
@@ -83,7 +83,7 @@ static void tensor_value(const struct fs *fs, const struct node *n, const char *
 		add_u64(b, t->end);
 		add(b, "]", 1);
 	} else if (strcmp(attr, "offset") == 0) {
-		add_u64(b, h->data_start + t->begin);
+		add_u64(b, tensor_file_offset(fs, n));
 	} else if (strcmp(attr, "file") == 0) {
 		add(b, sh->label, strlen(sh->label));
 	}

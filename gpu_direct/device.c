@@ -127,15 +127,13 @@ static int upload_staged(struct gpu_buffer *b, const struct gpu_range *r, size_t
 			 size_t errlen)
 {
 	const struct gd_runtime *rt = b->rt;
-	uint64_t pieces = 0, stride;
+	uint64_t pieces = gd_count_pieces(r, n, chunk), stride;
 	unsigned nslots;
 	void *block = NULL, **slots = NULL, **streams = NULL;
 	int pinned = 1, rc = 0;
 	unsigned nstreams = 0;
 	char msg[256];
 
-	for (size_t i = 0; i < n; i++)
-		pieces += r[i].nbytes / chunk + (r[i].nbytes % chunk != 0);
 	if (pieces == 0) {
 		st->path = "pinned";
 		return 0;

@@ -106,6 +106,8 @@ int gd_parallel(const struct gpu_range *r, size_t n, uint64_t chunk, unsigned th
 		gd_piece_fn fn, void *ctx, char *err, size_t errlen);
 
 /* Reads len bytes at off of fd into buf, all of them: -EIO if the file ends first. */
+/* How many pieces of at most chunk bytes the ranges make. */
+uint64_t gd_count_pieces(const struct gpu_range *r, size_t n, uint64_t chunk);
 int gd_pread_full(int fd, void *buf, size_t len, uint64_t off, char *err, size_t errlen);
 
 /* A consumer of filled staging buffers: submit starts moving slot's len bytes at src to

@@ -120,7 +120,7 @@ static int next_piece(struct cursor *c, struct gpu_range *piece)
 	return 1;
 }
 
-static uint64_t count_pieces(const struct gpu_range *r, size_t n, uint64_t chunk)
+uint64_t gd_count_pieces(const struct gpu_range *r, size_t n, uint64_t chunk)
 {
 	uint64_t pieces = 0;
 
@@ -233,7 +233,7 @@ int gd_parallel(const struct gpu_range *r, size_t n, uint64_t chunk, unsigned th
 	};
 	pthread_t tid[GD_MAX_READERS];
 	unsigned started = 0;
-	uint64_t pieces = count_pieces(r, n, p.cur.chunk);
+	uint64_t pieces = gd_count_pieces(r, n, p.cur.chunk);
 
 	if (threads > GD_MAX_READERS)
 		threads = GD_MAX_READERS;

@@ -124,7 +124,7 @@ static int hexval(char c)
 
 int main(int argc, char **argv)
 {
-	const char *mnt = NULL, *device = NULL;
+	const char *mnt = NULL;
 	int keep = 0, npat = 0;
 	size_t cap = 64;
 	char *cmd, *reply;
@@ -132,16 +132,19 @@ int main(int argc, char **argv)
 
 	for (int i = 1; i < argc; i++)
 		cap += strlen(argv[i]) + 1;
-	cmd = malloc(cap);
+	if (!(cmd = malloc(cap)))
+		return 1;
+	/* The daemon takes device= anywhere among the patterns. */
 	strcpy(cmd, "upload");
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
-			device = argv[++i];
+			strcat(strcat(cmd, " device="), argv[++i]);
 		} else if (strcmp(argv[i], "--keep") == 0) {
 			keep = 1;
 		} else if (!mnt) {
 			mnt = argv[i];
 		} else {
+			strcat(strcat(cmd, " "), argv[i]);
 			npat++;
 		}
 	}
@@ -149,19 +152,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s MOUNTPOINT [--device cuda:N] [--keep] PATTERN...\n",
 			argv[0]);
 		return 2;
-	}
-	if (device)
-		strcat(strcat(cmd, " device="), device);
-	for (int i = 1, seen_mnt = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--device") == 0) {
-			i++;
-			continue;
-		}
-		if (strcmp(argv[i], "--keep") == 0)
-			continue;
-		if (!seen_mnt++)
-			continue;
-		strcat(strcat(cmd, " "), argv[i]);
 	}
 	strcat(cmd, "\n");
 

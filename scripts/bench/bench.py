@@ -193,8 +193,7 @@ def case_mount_time(args, work):
     """Mount until the mountpoint answers, against safe_open(...).keys() on the same file."""
     from safetensors import safe_open
     results = []
-    mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
+    mnt = mountpoint(work)
     counts = ((10_000, None),) if args.quick else ((10_000, None), (100_000, 1.5), (300_000, None))
     for count, goal in counts:
         model = header_model(work, count)
@@ -233,8 +232,7 @@ def case_views(args, work):
     rows, cols = (4096 if args.quick else 16384), 32768  # 1 GiB of BF16 (256 MiB with --quick)
     model = work / "views.safetensors"
     save_file({"w": np.ones((rows, cols), dtype=ml_dtypes.bfloat16)}, str(model))
-    mnt = work / "mnt"
-    mnt.mkdir(exist_ok=True)
+    mnt = mountpoint(work)
     a, b = 3 * cols // 8, 4 * cols // 8
     buf = bytearray(CHUNK)
     results = []
