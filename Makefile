@@ -1,4 +1,5 @@
-# safetensorsfs: `make` builds, `make test` installs what is missing and runs every test.
+# safetensorsfs: `make` builds, `make demo` and `make test` install what is missing
+# (scripts/deps.sh: Debian packages by purpose; .venv: the pinned Python packages) and run.
 
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
@@ -32,11 +33,16 @@ BINARIES   := $(BUILD)/safetensorsfs $(TEST_BINS)
 PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
 	TEST_BIN_DIR=$(abspath $(1)) $(VENV)/bin/python -m pytest -q -ra tests
 
-.PHONY: all deps venv test test-asan demo bench fuzz corpus stress install devcarry clean
+.PHONY: all deps venv venv-demo test test-asan demo bench fuzz corpus stress install devcarry clean
 
 all: $(BINARIES)
 
-$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h tests/c/*.h)
+# Without libfuse3's and json-c's headers every object would fail alone: say once what to install.
+$(BUILD)/.build-deps:
+	@pkg-config --exists $(PKGS) || { echo "safetensorsfs: the build needs libfuse3 and json-c: run scripts/deps.sh build (it names the apt-get line)" >&2; exit 1; }
+	@mkdir -p $(dir $@) && touch $@
+
+$(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h tests/c/*.h) | $(BUILD)/.build-deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
@@ -46,32 +52,44 @@ $(BUILD)/safetensorsfs: $(BUILD)/fs/main.o $(LIB_OBJ)
 $(BUILD)/test_%: $(BUILD)/tests/c/test_%.o $(LIB_OBJ)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# What the mount needs to build and run; `scripts/deps.sh test` and `bench` add their own.
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh build
 
-venv: $(VENV)/.installed
+# The pinned Python environments (scripts/pin.py writes the hashes): the demo's, and the tests'.
+venv-demo: $(VENV)/.demo-installed
+venv: $(VENV)/.test-installed
 
-$(VENV)/.installed: scripts/requirements.txt
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements.txt
+
+$(VENV)/.demo-installed: scripts/requirements-demo.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r scripts/requirements-demo.txt
 	@touch $@
 
-test: deps
+$(VENV)/.test-installed: scripts/requirements.txt scripts/requirements-demo.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r scripts/requirements.txt
+	@touch $@ $(VENV)/.demo-installed
+
+test:
+	@scripts/deps.sh test
 	@$(MAKE) --no-print-directory all venv
 	$(call PYTEST,$(BUILD))
 
 # The same tests against an ASan+UBSan build; the daemon's reports fail the test that caused them.
-test-asan: deps
+test-asan:
+	@scripts/deps.sh test
 	@$(MAKE) --no-print-directory all venv BUILD=build-asan SANITIZE=1
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
 		$(call PYTEST,build-asan)
 
 demo: deps
-	@$(MAKE) --no-print-directory all venv
+	@$(MAKE) --no-print-directory all venv-demo
 	scripts/demo.sh $(BUILD)/safetensorsfs
 
-bench: deps
+bench:
+	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all venv
 	scripts/bench/run.sh $(BUILD)/safetensorsfs
 
@@ -101,7 +119,8 @@ corpus:
 	$(PYTHON) scripts/make_corpus.py
 
 # 32 readers for 60 s over random tensors, offsets, lengths and mmap, every byte checked.
-stress: deps
+stress:
+	@scripts/deps.sh test
 	@$(MAKE) --no-print-directory all venv
 	$(VENV)/bin/python scripts/stress.py --bin $(BUILD)/safetensorsfs --seconds $(or $(STRESS_SECONDS),60)
 
