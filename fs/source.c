@@ -358,6 +358,8 @@ int source_open(const char *path, struct source *src, char err[ST_ERR_LEN])
 	for (size_t c = 0; c < src->n_components; c++)
 		src->components[c].count = (c + 1 < src->n_components ? src->components[c + 1].first
 								    : src->n_shards) - src->components[c].first;
+	if (!rc && src->n_shards == 0) /* every way of finding shards refuses this; a last guard */
+		rc = fail(err, -EINVAL, "%s%s", "holds no .safetensors shard", "");
 	if (!rc)
 		rc = ensure_fds(src->n_shards, err);
 	if (!rc)

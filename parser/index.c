@@ -195,6 +195,11 @@ int st_index_parse(const char *json, size_t n, struct st_index *ix, char err[ST_
 	}
 	if (!rc)
 		rc = collect_files(ix, err);
+	/* Nothing to mount, and no shard to take the model's file times from. */
+	if (!rc && ix->n_files == 0) {
+		snprintf(err, ST_ERR_LEN, "index: weight_map is empty: it names no tensor and no shard");
+		rc = -EINVAL;
+	}
 	if (!rc && !ix->metadata_json && !(ix->metadata_json = strdup("{}")))
 		rc = -ENOMEM;
 	if (rc == -ENOMEM && !err[0])

@@ -85,6 +85,16 @@ def test_index_names_tensor_its_shard_lacks(tmp_path):
     refused(tmp_path, d, "tensor 'ghost.w' is in the index")
 
 
+@pytest.mark.parametrize("as_folder", [False, True], ids=["index", "folder"])
+def test_index_with_empty_weight_map(tmp_path, as_folder):
+    """An index that names no tensor was a segfault at mount (exit 139)."""
+    d = tmp_path / "c"
+    d.mkdir()
+    ix = d / "model.safetensors.index.json"
+    ix.write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    refused(tmp_path, d if as_folder else ix, "weight_map is empty")
+
+
 def test_tensor_in_two_shards(tmp_path):
     d = tmp_path / "c"
     write_sharded(d, index=False)
