@@ -252,7 +252,7 @@ static int open_shard(struct shard *sh, bool name_it, char *err)
 	if (fstat(sh->fd, &st) < 0 || !S_ISREG(st.st_mode))
 		return fail(err, -EINVAL, fmt, sh->label, "not a regular file");
 	sh->mtime = st.st_mtim;
-	sh->size = st.st_size;
+	sh->seen = (struct shard_identity){st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
 	if ((rc = st_header_read_fd(sh->fd, &sh->hdr, err)) < 0 && name_it) {
 		char why[ST_ERR_LEN];
 		snprintf(why, sizeof(why), "%s", err);
@@ -405,10 +405,13 @@ int shard_changed(const struct shard *sh)
 {
 	struct stat st;
 
+	const struct shard_identity *was = &sh->seen;
+
 	if (fstat(sh->fd, &st) < 0)
 		return 1;
-	return st.st_nlink == 0 || st.st_size != sh->size || st.st_mtim.tv_sec != sh->mtime.tv_sec ||
-	       st.st_mtim.tv_nsec != sh->mtime.tv_nsec;
+	return st.st_nlink == 0 || st.st_dev != was->dev || st.st_ino != was->ino || st.st_size != was->size ||
+	       st.st_mtim.tv_sec != was->mtime.tv_sec || st.st_mtim.tv_nsec != was->mtime.tv_nsec ||
+	       st.st_ctim.tv_sec != was->ctime.tv_sec || st.st_ctim.tv_nsec != was->ctime.tv_nsec;
 }
 
 int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off)

@@ -19,8 +19,13 @@ struct shard {
 	char *path;
 	char *label;        /* the path below SOURCE: the user.safetensors.file value */
 	uint32_t component; /* index into source.components */
-	struct timespec mtime;
-	off_t size;
+	struct timespec mtime;      /* the tree's file times */
+	struct shard_identity {     /* what the file was when its header was read: shard_changed */
+		dev_t dev;
+		ino_t ino;
+		off_t size;
+		struct timespec mtime, ctime;
+	} seen;
 	struct st_header hdr;
 };
 
@@ -53,8 +58,12 @@ int source_open(const char *path, struct source *src, char err[ST_ERR_LEN]);
 void source_close(struct source *src);
 
 /*
- * Whether the backing file was truncated, written or deleted since it was
- * opened: its bytes can no longer be trusted to match the header.
+ * Whether the backing file was truncated, written, replaced or deleted since
+ * its header was read: then its bytes can no longer be trusted to match the
+ * header.  The one definition of "the file changed", for reads and uploads
+ * alike: another size, mtime or ctime (to the nanosecond), another inode, or
+ * no link left.  Writers update the times before they change bytes, so a
+ * check made after reading catches every write that the read could have seen.
  */
 int shard_changed(const struct shard *sh);
 
