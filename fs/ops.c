@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 
 #include "fs.h"
+#include "readahead.h"
 #include "loop.h"
 #include "xattr.h"
 
@@ -94,8 +95,11 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 static void fill_entry(const struct fs *fs, fuse_ino_t ino, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
+	const struct view_node *v = view_of(fs, ino);
+
 	e->ino = ino;
-	e->generation = 1;
+	/* A view's slot is reused once the kernel forgot it: the generation tells the two apart. */
+	e->generation = v ? v->generation : 1;
 	e->attr_timeout = e->entry_timeout = TIMEOUT;
 	fill_stat(fs, ino, &e->attr);
 }
@@ -117,6 +121,15 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		fuse_apply_conn_info_opts(fs->conn_opts, conn);
 	fs->splice_write = (conn->want & FUSE_CAP_SPLICE_WRITE) != 0;
 	fs->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
+	/* The reply's max_readahead lowers the window; set both, the window first (readahead.h). */
+	if (fs->opt.read_ahead_kb) {
+		int rc = readahead_set(fs->mountpoint, fs->opt.read_ahead_kb);
+		if (rc == 0)
+			conn->max_readahead = fs->opt.read_ahead_kb * 1024u;
+		else if (fs->debug)
+			fprintf(stderr, "safetensorsfs: cannot set the readahead window to %u KiB: %s\n",
+				fs->opt.read_ahead_kb, strerror(-rc));
+	}
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -124,24 +137,51 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fs *fs = fs_of(req);
 	const struct node *p = node_of(fs, parent);
 	struct fuse_entry_param e;
-	long i;
+	long i, v = -1;
 
 	if (!p || p->kind != NODE_DIR) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	i = tree_lookup(&fs->tree, (uint32_t)(parent - 1), name, strlen(name));
-	if (i < 0 && (i = view_lookup(fs, (uint32_t)(parent - 1), name)) >= 0)
+	if (i < 0 && (i = v = view_lookup_hold(fs, (uint32_t)(parent - 1), name, VIEW_REF)) >= 0)
 		i += (long)fs->tree.n_nodes; /* a real entry of that name wins, as CONTRACT.md says */
-	if (i < 0) {
+	if (i == -1 || i == -ENOENT) {
 		/* A cached negative entry: the name cannot appear later. */
 		memset(&e, 0, sizeof(e));
 		e.entry_timeout = TIMEOUT;
 		fuse_reply_entry(req, &e);
 		return;
 	}
+	if (i < 0) {
+		/* Out of memory, or the view table full: the kernel caches no error but ENOENT. */
+		fuse_reply_err(req, (int)-i);
+		return;
+	}
 	fill_entry(fs, (fuse_ino_t)i + 1, &e);
-	fuse_reply_entry(req, &e);
+	/* A reply the kernel no longer waits for gives it no reference to count. */
+	if (fuse_reply_entry(req, &e) != 0 && v >= 0)
+		view_forget(&fs->views, (size_t)v, 1);
+}
+
+/* The kernel dropped NLOOKUP references to INO: only views are ever let go. */
+static void forget_one(struct fs *fs, fuse_ino_t ino, uint64_t nlookup)
+{
+	if (ino > fs->tree.n_nodes)
+		view_forget(&fs->views, ino - fs->tree.n_nodes - 1, nlookup);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	forget_one(fs_of(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		forget_one(fs_of(req), forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -188,9 +228,58 @@ static size_t add_entry(fuse_req_t req, char *buf, size_t left, const char *name
 	fill_entry(fs, ino, &e);
 	if (!plus)
 		return fuse_add_direntry(req, buf, left, name, &e.attr, next);
-	if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])))
-		e.ino = 0; /* the kernel takes no lookup reference for . and .. */
+	/* The kernel takes no lookup reference for an entry without a node id: not for . and ..,
+	 * and not for views, which would otherwise count against the view table's cap. */
+	if (ino > fs->tree.n_nodes || (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))))
+		e.ino = 0;
 	return fuse_add_direntry_plus(req, buf, left, name, &e, next);
+}
+
+/*
+ * The .npy view listed after tensor CHILD of directory DIR (-o listviews): its slot, -1 when
+ * there is none to list (not a tensor, a real file of that name, a name too long), or a
+ * negative errno.  Listings give the kernel no reference to views (add_entry), so that a
+ * listing of any size never meets the view table's cap; the entry is pinned instead (one per
+ * tensor at most), and the inode number listed stays true.
+ */
+static long listed_view(struct fs *fs, fuse_ino_t dir, fuse_ino_t child, char *npy)
+{
+	const char *name = node_name(&fs->tree, node_of(fs, child));
+
+	if (node_of(fs, child)->kind != NODE_TENSOR ||
+	    (size_t)snprintf(npy, NAME_MAX + 1, "%s.npy", name) > NAME_MAX ||
+	    tree_lookup(&fs->tree, (uint32_t)(dir - 1), npy, strlen(npy)) >= 0)
+		return -1;
+	long v = view_lookup_hold(fs, (uint32_t)(dir - 1), npy, VIEW_LISTED);
+	return v == -ENOENT ? -1 : v;
+}
+
+/* Adds listing offset I of directory D: its size, 0 when it does not fit, or a negative errno. */
+static long add_offset(fuse_req_t req, const struct node *d, fuse_ino_t ino, off_t i, char *buf,
+		       size_t left, int plus)
+{
+	struct fs *fs = fs_of(req);
+	off_t per = fs->opt.listviews ? 2 : 1;
+	char npy[NAME_MAX + 1];
+	fuse_ino_t child;
+	const char *name;
+	long v = -1;
+
+	if (i < 2) {
+		child = i == 0 ? ino : d->parent + 1;
+		name = i == 0 ? "." : "..";
+	} else {
+		child = (fuse_ino_t)fs->tree.children[d->dir.first + (size_t)(i - 2) / (size_t)per] + 1;
+		name = node_name(&fs->tree, node_of(fs, child));
+		if ((i - 2) % per) {
+			if ((v = listed_view(fs, ino, child, npy)) < 0)
+				return v; /* -1: nothing to list here */
+			child = (fuse_ino_t)(fs->tree.n_nodes + 1 + (size_t)v);
+			name = npy;
+		}
+	}
+	size_t n = add_entry(req, buf, left, name, child, i + 1, plus);
+	return n > left ? 0 : (long)n;
 }
 
 static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus)
@@ -199,6 +288,7 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
 	const struct node *d = node_of(fs, ino);
 	char *buf;
 	size_t used = 0;
+	long n = 0;
 
 	if (!d || d->kind != NODE_DIR) {
 		fuse_reply_err(req, ENOTDIR);
@@ -212,35 +302,18 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int
 	 * Offsets 0 and 1 are "." and "..", then the children in order; with
 	 * -o listviews every child takes two offsets, the second for its .npy view.
 	 */
-	off_t per = fs->opt.listviews ? 2 : 1;
-	for (off_t i = off; i < (off_t)d->dir.count * per + 2; i++) {
-		fuse_ino_t child;
-		const char *name;
-		char npy[NAME_MAX + 1];
-		if (i < 2) {
-			child = i == 0 ? ino : d->parent + 1;
-			name = i == 0 ? "." : "..";
-		} else {
-			child = (fuse_ino_t)fs->tree.children[d->dir.first + (size_t)(i - 2) / (size_t)per] + 1;
-			name = node_name(&fs->tree, node_of(fs, child));
-			if ((i - 2) % per) {
-				long v = -1;
-				if (node_of(fs, child)->kind == NODE_TENSOR &&
-				    (size_t)snprintf(npy, sizeof(npy), "%s.npy", name) < sizeof(npy) &&
-				    tree_lookup(&fs->tree, (uint32_t)(ino - 1), npy, strlen(npy)) < 0)
-					v = view_lookup(fs, (uint32_t)(ino - 1), npy);
-				if (v < 0)
-					continue; /* not a tensor, a real file of that name, or no .npy */
-				child = (fuse_ino_t)(fs->tree.n_nodes + 1 + (size_t)v);
-				name = npy;
-			}
-		}
-		size_t n = add_entry(req, buf + used, size - used, name, child, i + 1, plus);
-		if (n > size - used)
+	off_t end = (off_t)d->dir.count * (fs->opt.listviews ? 2 : 1) + 2;
+	for (off_t i = off; i < end; i++) {
+		if ((n = add_offset(req, d, ino, i, buf + used, size - used, plus)) == 0 || n < -1)
 			break;
-		used += n;
+		if (n > 0)
+			used += (size_t)n;
 	}
-	fuse_reply_buf(req, buf, used);
+	/* A view that could not be made ends this reply early; with nothing in it, it is an error. */
+	if (n < -1 && used == 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, used);
 	free(buf);
 }
 
@@ -655,6 +728,8 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 const struct fuse_lowlevel_ops fs_ops = {
 	.init = op_init,
 	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
 	.getattr = op_getattr,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
