@@ -38,7 +38,8 @@ struct fs {
 	struct tree tree;
 	uid_t uid;
 	gid_t gid;
-	const char *mountpoint;
+	const char *mountpoint; /* as mounted: readahead_set finds the mount by it */
+	int debug;              /* -d: say what could not be tuned */
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
 	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */
 	int no_opendir;   /* the kernel takes ENOSYS to OPENDIR as "never ask again" */

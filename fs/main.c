@@ -15,13 +15,13 @@
 #include "../gpu_direct/gpu.h"
 #include "fs.h"
 #include "loop.h"
-#include "readahead.h"
 
 #ifndef SAFETENSORSFS_VERSION
 #define SAFETENSORSFS_VERSION "0.1.0"
 #endif
 /* Measured in docs/BENCHMARKS.md: a 16 MiB window lets the kernel keep 1 MiB requests in flight. */
 #define DEFAULT_READ_AHEAD_KB 16384
+#define READ_AHEAD_KB_MAX (1024u * 1024u)
 /* A second of polling per request is already far past any use; larger values are typos. */
 #define SPIN_US_MAX 1000000u
 /* Every thread is started at mount and keeps a 1 MiB request buffer. */
@@ -163,7 +163,6 @@ static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *
 /* Mounts and serves until unmounted; SOURCE has been validated already. */
 static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
-	struct readahead_tuner ra;
 	struct fuse_session *se;
 	int rc = 1;
 
@@ -173,10 +172,8 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (fuse_set_signal_handlers(se) == 0) {
 		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
-			readahead_start(&ra, cmd->mountpoint, fs->opt.read_ahead_kb, cmd->debug);
 			rc = loop_run(se, fs->opt.max_threads, fs->opt.spin_us, &fs->loop) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
-			readahead_join(&ra);
 		}
 		fuse_remove_signal_handlers(se);
 	}
@@ -215,6 +212,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return fail("layout", "must be tree or flat");
 	if (loop_options(&fs->opt, cmd, cpus))
 		return 1;
+	if (fs->opt.read_ahead_kb > READ_AHEAD_KB_MAX) /* and max_readahead, in bytes, fits 32 bits */
+		return fail("read_ahead_kb", "must be 0 to 1048576 (KiB)");
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
 	if (fs->src.warning)
@@ -242,6 +241,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	fs->replies_ready = 1;
 	fs->uid = getuid();
 	fs->gid = getgid();
+	fs->mountpoint = cmd->mountpoint;
+	fs->debug = cmd->debug;
 	return 0;
 }
 

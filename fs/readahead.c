@@ -2,53 +2,73 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
-static void *tune(void *arg)
+/* mountinfo writes space, tab, newline and backslash in a path as \ooo. */
+static void unescape(char *s)
 {
-	struct readahead_tuner *r = arg;
-	struct stat st;
-	char path[64], value[24];
-	int fd, len;
+	char *out = s;
 
-	/* The stat blocks until FUSE_INIT is answered, which is when the kernel sets the window. */
-	if (stat(r->mountpoint, &st) < 0)
-		return NULL;
-	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
-		 minor(st.st_dev));
-	len = snprintf(value, sizeof(value), "%u", r->kb);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, value, (size_t)len) != len) {
-		if (r->debug)
-			fprintf(stderr, "safetensorsfs: cannot set %s to %u: %s (reads use the kernel's window)\n",
-				path, r->kb, strerror(errno));
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
+		    s[3] <= '7') {
+			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*out++ = *s;
+		}
 	}
-	if (fd >= 0)
-		close(fd);
-	return NULL;
+	*out = '\0';
 }
 
-void readahead_start(struct readahead_tuner *r, const char *mountpoint, unsigned kb, int debug)
+/*
+ * "MAJOR:MINOR" of the newest safetensorsfs mount at MOUNTPOINT, from a line
+ * "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE ...".
+ */
+static int find_bdi(const char *mountpoint, char *bdi, size_t n)
 {
-	sigset_t all, old;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL, *fields[5], *save, *sep;
+	size_t cap = 0;
+	int found = -ENOENT;
 
-	*r = (struct readahead_tuner){.mountpoint = mountpoint, .kb = kb, .debug = debug};
-	/* Signals stay with the thread that serves the loop, whose libfuse handler ends it. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	if (kb > 0 && pthread_create(&r->thread, NULL, tune, r) == 0)
-		r->started = 1;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		if (!(sep = strstr(line, " - ")) || strncmp(sep + 3, "fuse.safetensorsfs ", 19) != 0)
+			continue;
+		*sep = '\0';
+		fields[0] = strtok_r(line, " ", &save);
+		for (int i = 1; i < 5 && fields[i - 1]; i++)
+			fields[i] = strtok_r(NULL, " ", &save);
+		if (!fields[0] || !fields[4])
+			continue;
+		unescape(fields[4]);
+		if (strcmp(fields[4], mountpoint) == 0 && strlen(fields[2]) < n) {
+			strcpy(bdi, fields[2]); /* a later line is mounted over an earlier one */
+			found = 0;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
 }
 
-void readahead_join(struct readahead_tuner *r)
+int readahead_set(const char *mountpoint, unsigned kb)
 {
-	if (r->started)
-		pthread_join(r->thread, NULL);
-	r->started = 0;
+	char bdi[32], path[64], value[24];
+	int fd, len, rc;
+
+	if ((rc = find_bdi(mountpoint, bdi, sizeof(bdi))) < 0)
+		return rc;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", bdi);
+	len = snprintf(value, sizeof(value), "%u", kb);
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	rc = write(fd, value, (size_t)len) == len ? 0 : errno ? -errno : -EIO;
+	close(fd);
+	return rc;
 }
