@@ -488,3 +488,32 @@ int view_read(const struct view_plan *p, uint64_t off, size_t len, void *buf, vi
 	return p->transform ? read_transformed(p, off, len, out, read_src, ctx)
 			    : read_raw(p, off, len, out, read_src, ctx);
 }
+
+/* The source element behind view element e (a data element, after any header). */
+static uint64_t source_elem(const struct view_plan *p, uint64_t e)
+{
+	struct cursor c;
+
+	cursor_init(&c, p, e / p->run_elems);
+	return c.start + e % p->run_elems;
+}
+
+int view_source_span(const struct view_plan *p, uint64_t off, size_t len, struct view_span *s)
+{
+	unsigned bits = st_dtype_bits(p->src_dtype);
+	uint64_t end = off + len < p->size ? off + len : p->size;
+
+	off = off > p->hdr_len ? off - p->hdr_len : 0;
+	end = end > p->hdr_len ? end - p->hdr_len : 0;
+	if (p->n_runs == 0 || off >= end)
+		return -EINVAL;
+	/* The view elements that data bytes [off, end) hold, whole or in part. */
+	uint64_t e0 = p->transform ? off / p->out_size : off * 8 / bits;
+	uint64_t e1 = p->transform ? (end + p->out_size - 1) / p->out_size : (end * 8 + bits - 1) / bits;
+	s->lo = source_elem(p, e0) * bits / 8;
+	s->hi = ((source_elem(p, e1 - 1) + 1) * bits + 7) / 8;
+	s->run = (p->run_elems * bits + 7) / 8;
+	/* Consecutive runs are the innermost kept outer stride apart. */
+	s->gap = p->n_outer ? (p->stride[p->n_outer - 1] * bits + 7) / 8 - s->run : UINT64_MAX;
+	return 0;
+}

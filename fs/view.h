@@ -112,4 +112,15 @@ typedef int (*view_read_fn)(void *ctx, void *dst, size_t n, uint64_t src_off);
 int view_read(const struct view_plan *p, uint64_t off, size_t len, void *buf, view_read_fn read_src,
 	      void *ctx);
 
+/* Where a request's source bytes lie, for a reader that reads them in fewer, larger pieces. */
+struct view_span {
+	uint64_t lo, hi;  /* every tensor byte read_src may be asked for lies in [lo, hi) */
+	uint64_t run;     /* bytes of source a run spans */
+	uint64_t gap;     /* bytes between the end of one run and the start of the next; UINT64_MAX: one run */
+};
+
+/* The span of view bytes [off, off+len) (clamped to p->size): 0, or -EINVAL when they
+ * need no source bytes (.npy header only, empty view). */
+int view_source_span(const struct view_plan *p, uint64_t off, size_t len, struct view_span *s);
+
 #endif
