@@ -15,6 +15,7 @@
 #include "../gpu_direct/gpu.h"
 #include "fs.h"
 #include "loop.h"
+#include "mountpoint.h"
 
 #ifndef SAFETENSORSFS_VERSION
 #define SAFETENSORSFS_VERSION "0.1.0"
@@ -214,6 +215,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return 1;
 	if (fs->opt.read_ahead_kb > READ_AHEAD_KB_MAX) /* and max_readahead, in bytes, fits 32 bits */
 		return fail("read_ahead_kb", "must be 0 to 1048576 (KiB)");
+	if (mountpoint_check(cmd->mountpoint, fs->opt.source, err, sizeof(err)) < 0)
+		return fail(cmd->mountpoint, err);
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
 	if (fs->src.warning)

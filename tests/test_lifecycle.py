@@ -396,3 +396,45 @@ def test_reading_adds_nothing_to_the_daemons_memory(tmp_path, mount):
                     + " & wait"], check=True)
     grown = peak_rss_kib(m.proc.pid) - before
     assert grown <= 512, f"reading grew the daemon's peak RSS by {grown} KiB"
+
+
+@pytest.mark.parametrize("case", ["regular-file", "source-file", "source-folder", "live-mount", "dead-mount"])
+def test_bad_mountpoint(tmp_path, mount, case):
+    """A MOUNTPOINT that cannot work is refused with one line naming it, and nothing is
+    mounted: a file (SOURCE itself among them) used to mount and answer only I/O errors,
+    and a second mount on a live or dead one stacked over it."""
+    p, _ = small_model(tmp_path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    save_file({"x": np.zeros(4, np.float32)}, str(folder / "model.safetensors"))
+    source, mnt = p, tmp_path / "mnt"
+    if case == "regular-file":
+        mnt = tmp_path / "plain.txt"
+        mnt.write_text("not a directory")
+    elif case == "source-file":
+        mnt = p
+    elif case == "source-folder":
+        source = mnt = folder
+    elif case == "live-mount":
+        mount(p, name="mnt")
+    else:
+        dead = util.Mount(p, mnt).start()
+        dead.proc.kill()
+        dead.proc.wait(timeout=10)
+    before = util.fingerprint(p)
+    # Not util.run_refused: it unmounts whatever is at MNT afterwards, the first mount too.
+    r = subprocess.Popen([str(util.binary()), "-f", str(source), str(mnt)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=util.daemon_env())
+    try:
+        _, err = r.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        r.terminate()  # it mounted after all: a clean exit unmounts its own mount
+        _, err = r.communicate()
+        pytest.fail(f"mounted on a {case}: {err}")
+    finally:
+        if case == "dead-mount":
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    assert r.returncode == 1 and len(err.splitlines()) == 1 and str(mnt) in err, err
+    assert util.fingerprint(p) == before
+    if case == "live-mount":  # the first mount still answers, with nothing over it
+        assert (mnt / "w" / "big").stat().st_size == 256 * 300 * 4
