@@ -6,6 +6,7 @@
 #include "tree.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +111,7 @@ static long add_node(struct tree *t, uint32_t parent, const char *name, size_t l
 /* The directory `part` under `parent`, made if missing. */
 static long dir_for(struct tree *t, uint32_t parent, const char *part, size_t len, char *scratch)
 {
-	size_t elen = escape_part(scratch, part, len, parent == 0);
+	size_t elen = name_part(scratch, part, len, parent == 0, NAME_MAX);
 	long i = tree_lookup(t, parent, scratch, elen);
 
 	return i >= 0 ? i : add_node(t, parent, scratch, elen, NODE_DIR);
@@ -203,8 +204,12 @@ static int make_files(struct tree *t, const struct st_header *h, enum layout lay
 		size_t len;
 		long n;
 
-		len = escape_part(scratch, last, ts->name_len - (size_t)(last - name), parents[i] == 0);
+		size_t part = ts->name_len - (size_t)(last - name), suffix = strlen(COLLISION_SUFFIX);
+		len = name_part(scratch, last, part, parents[i] == 0, NAME_MAX);
 		if (tree_lookup(t, parents[i], scratch, len) >= 0) {
+			/* The suffix must fit too: a name it would make too long takes its alias. */
+			if (len + suffix > NAME_MAX)
+				len = name_part(scratch, last, part, parents[i] == 0, NAME_MAX - suffix);
 			memcpy(scratch + len, COLLISION_SUFFIX, sizeof(COLLISION_SUFFIX));
 			len += strlen(COLLISION_SUFFIX);
 		}
