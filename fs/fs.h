@@ -12,6 +12,7 @@ struct fuse_conn_info_opts;
 #include "viewnodes.h"
 #include "control.h"
 #include "bufpool.h"
+#include "mountpoint.h"
 
 struct loop;
 
@@ -22,7 +23,6 @@ struct fs_options {
 	char *source;
 	char *layout_name;
 	unsigned read_ahead_kb; /* 0: leave the kernel's default */
-	int splice;             /* splice tensor bytes from the backing file into the reply */
 	int listviews;          /* readdir lists each tensor's .npy view too */
 	char *gpu;              /* -o gpu=: the default upload device */
 	char *spin_us_arg;      /* -o spin_us= as given */
@@ -38,7 +38,9 @@ struct fs {
 	struct tree tree;
 	uid_t uid;
 	gid_t gid;
-	const char *mountpoint; /* as mounted: readahead_set finds the mount by it */
+	const char *mountpoint; /* as given: readahead_set finds the mount by it */
+	int mountpoint_fd;      /* the directory checked, and mounted on through its fd path */
+	char mountpoint_fd_path[MOUNTPOINT_FD_PATH_MAX];
 	int debug;              /* -d: say what could not be tuned */
 	struct fuse_conn_info_opts *conn_opts; /* -o splice_write, max_background, ... */
 	int splice_write; /* what FUSE_INIT settled: replies spliced from the backing file */

@@ -27,8 +27,6 @@
 #define SPIN_US_MAX 1000000u
 /* Every thread is started at mount and keeps a 1 MiB request buffer. */
 #define MAX_THREADS_MAX 256u
-/* Measured in docs/BENCHMARKS.md: see "splice". */
-#define DEFAULT_SPLICE 0
 
 #define OPT(t, p) {t, offsetof(struct fs_options, p), 1}
 static const struct fuse_opt option_spec[] = {
@@ -171,7 +169,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (!se)
 		return 1;
 	if (fuse_set_signal_handlers(se) == 0) {
-		if (fuse_session_mount(se, cmd->mountpoint) == 0) {
+		if (fuse_session_mount(se, fs->mountpoint_fd_path[0] ? fs->mountpoint_fd_path : cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
 			rc = loop_run(se, fs->opt.max_threads, fs->opt.spin_us, &fs->loop) < 0 ? 1 : 0;
 			fuse_session_unmount(se);
@@ -215,7 +213,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return 1;
 	if (fs->opt.read_ahead_kb > READ_AHEAD_KB_MAX) /* and max_readahead, in bytes, fits 32 bits */
 		return fail("read_ahead_kb", "must be 0 to 1048576 (KiB)");
-	if (mountpoint_check(cmd->mountpoint, fs->opt.source, err, sizeof(err)) < 0)
+	fs->mountpoint_fd = mountpoint_open(cmd->mountpoint, fs->opt.source, fs->mountpoint_fd_path, err, sizeof(err));
+	if (fs->mountpoint_fd < 0)
 		return fail(cmd->mountpoint, err);
 	if (source_open(fs->opt.source, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
@@ -253,7 +252,7 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
-	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB, .splice = DEFAULT_SPLICE}};
+	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB}, .mountpoint_fd = -1};
 	int rc = setup(&fs, &args, &cmd);
 
 	if (rc == 0)
@@ -272,6 +271,8 @@ int main(int argc, char *argv[])
 	free(fs.conn_opts);
 	free(fs.opt.source);
 	free(fs.opt.layout_name);
+	if (fs.mountpoint_fd >= 0)
+		close(fs.mountpoint_fd);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
 	return rc < 0 ? 0 : rc;

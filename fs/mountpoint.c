@@ -50,22 +50,42 @@ static int refuse(char *why, size_t n, int e)
 	return say(why, n, strerror(e));
 }
 
-int mountpoint_check(const char *mountpoint, const char *source, char *why, size_t n)
+/* Why the directory FD cannot be mounted on, or 0. */
+static int check(int fd, const char *source, char *why, size_t n)
 {
 	struct stat mst, sst;
-	int fd = open(mountpoint, O_PATH | O_DIRECTORY | O_CLOEXEC), rc = 0, root;
+	int root = fuse_mount_root(fd);
+
+	if (root < 0)
+		return refuse(why, n, -root);
+	if (root)
+		return say(why, n, "a FUSE mount is already there: unmount it first (fusermount3 -u), "
+				   "or mount elsewhere");
+	if (fstat(fd, &mst) < 0)
+		return refuse(why, n, errno);
+	if (stat(source, &sst) == 0 && sst.st_dev == mst.st_dev && sst.st_ino == mst.st_ino)
+		return say(why, n, "is SOURCE itself: mounting over it would hide the model");
+	return 0;
+}
+
+int mountpoint_open(const char *mountpoint, const char *source, char fd_path[MOUNTPOINT_FD_PATH_MAX],
+		    char *why, size_t n)
+{
+	/* O_NOFOLLOW: libfuse has resolved every link in MOUNTPOINT already, so a
+	 * link here was put there since. */
+	int fd = open(mountpoint, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
 	if (fd < 0)
-		return refuse(why, n, errno);
-	if ((root = fuse_mount_root(fd)) < 0)
-		rc = refuse(why, n, -root);
-	else if (root)
-		rc = say(why, n, "a FUSE mount is already there: unmount it first (fusermount3 -u), "
-				 "or mount elsewhere");
-	else if (fstat(fd, &mst) < 0)
-		rc = refuse(why, n, errno);
-	else if (stat(source, &sst) == 0 && sst.st_dev == mst.st_dev && sst.st_ino == mst.st_ino)
-		rc = say(why, n, "is SOURCE itself: mounting over it would hide the model");
-	close(fd);
-	return rc;
+		return errno == ELOOP ? say(why, n, "became a symbolic link while being mounted") : refuse(why, n, errno);
+	if (check(fd, source, why, n) < 0) {
+		close(fd);
+		return -1;
+	}
+	/* Root's libfuse mounts with mount(2), which follows the fd's link to the very directory.
+	 * Others' goes through fusermount3, which refuses a link and makes its own checks. */
+	if (geteuid() == 0)
+		snprintf(fd_path, MOUNTPOINT_FD_PATH_MAX, "/proc/self/fd/%d", fd);
+	else
+		fd_path[0] = '\0';
+	return fd;
 }

@@ -110,10 +110,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 
 	/* Immutable files: nothing to invalidate when mtime is seen again. */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-	if (conn->capable & FUSE_CAP_SPLICE_WRITE && fs->opt.splice)
-		conn->want |= FUSE_CAP_SPLICE_WRITE;
-	else
-		conn->want &= ~FUSE_CAP_SPLICE_WRITE;
+	/* Off unless -o splice_write asks (fuse_apply_conn_info_opts): measured in docs/BENCHMARKS.md. */
+	conn->want &= ~FUSE_CAP_SPLICE_WRITE;
 	/* More readahead requests in flight keep a sequential reader's pipe full. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;

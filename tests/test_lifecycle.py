@@ -438,3 +438,42 @@ def test_bad_mountpoint(tmp_path, mount, case):
     assert util.fingerprint(p) == before
     if case == "live-mount":  # the first mount still answers, with nothing over it
         assert (mnt / "w" / "big").stat().st_size == 256 * 300 * 4
+
+
+def holds_directory(pid, path):
+    """Whether process PID has PATH open (an O_PATH descriptor shows as its path)."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+    return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the race matters where root mounts: needs root")
+def test_mountpoint_swapped_while_mounting(tmp_path):
+    """The mountpoint is opened once and mounted on through that descriptor: a parent renamed
+    and a symbolic link put in its place while SOURCE is validated cannot redirect a root
+    daemon's mount onto another directory."""
+    path = tmp_path / "many.safetensors"
+    save_file({f"t.{i}": np.zeros(1, np.uint8) for i in range(200_000)}, str(path))  # slow to validate
+    parent, victim = tmp_path / "parent", tmp_path / "victim"
+    (parent / "mnt").mkdir(parents=True)
+    (victim / "mnt").mkdir(parents=True)
+    d = subprocess.Popen([str(util.binary()), "-f", str(path), str(parent / "mnt")], stdin=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=util.daemon_env())
+    moved = tmp_path / "parent.orig"
+    try:
+        while not holds_directory(d.pid, parent / "mnt"):
+            assert d.poll() is None and not os.path.ismount(parent / "mnt"), \
+                "mounted (or exited) without holding the mountpoint while validating SOURCE"
+            time.sleep(0.001)
+        os.rename(parent, moved)
+        os.symlink(victim, parent)
+        while not os.path.ismount(moved / "mnt") and not os.path.ismount(victim / "mnt"):
+            assert d.poll() is None, d.stderr.read()
+            time.sleep(0.01)
+        assert os.path.ismount(moved / "mnt") and not os.path.ismount(victim / "mnt")
+    finally:
+        d.send_signal(signal.SIGTERM)  # a clean exit unmounts through the same descriptor
+        d.wait(timeout=30)
+    assert d.returncode == 0 and not os.path.ismount(moved / "mnt")
