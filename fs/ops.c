@@ -572,12 +572,73 @@ static int fill_view(const void *ctx, char *buf, size_t size)
 	return rc;
 }
 
-/* Contiguous raw views come from the backing file like tensors; the rest are gathered or converted. */
-static void read_view(fuse_req_t req, const struct fs *fs, const struct view_node *v, size_t size, off_t off)
+/* Answers a read of gathered or converted view V. */
+static void gather(fuse_req_t req, const struct fs *fs, const struct view_node *v, size_t size, off_t off)
 {
 	const struct node *n = &fs->tree.nodes[v->tensor];
 	const struct shard *sh = shard_of(fs, n);
-	struct view_source vs = {sh, tensor_file_offset(fs, n), NULL, 0, NULL, 0, 0, 0, 0};
+	struct view_source vs = {sh, tensor_file_offset(fs, n), &v->plan, (uint64_t)off, NULL, 0, 0, 0, 0};
+
+	/* A gather may make a pread per run: let other requests be read meanwhile. */
+	loop_step_aside(fs->loop);
+	reply_filled(req, sh, size, fill_view, &vs);
+}
+
+struct view_job {
+	struct view_job *next;
+	fuse_req_t req;
+	const struct view_node *v; /* held by the kernel until the read is answered */
+	size_t size;
+	off_t off;
+};
+
+/* Threads that may gather at once: the others stay free for whatever else is asked. */
+static unsigned gather_threads(const struct fs *fs)
+{
+	return fs->opt.max_threads > 1 ? fs->opt.max_threads / 2 : 1;
+}
+
+/*
+ * Slow readers of views must not hold up everyone else: were every thread gathering, no
+ * one would read the next request.  A read is queued, and answered by the first of at most
+ * gather_threads() threads that gather, in turn; a thread that finds them all busy goes
+ * back to serving requests at once.  A gathering thread leaves only with the queue empty,
+ * so nothing queued is left behind.
+ */
+static void queue_gather(fuse_req_t req, struct fs *fs, const struct view_node *v, size_t size, off_t off)
+{
+	struct view_queue *q = &fs->views.gathers;
+	struct view_job *job = malloc(sizeof(*job));
+
+	if (!job) {
+		gather(req, fs, v, size, off); /* no queue without memory: answered here */
+		return;
+	}
+	*job = (struct view_job){NULL, req, v, size, off};
+	pthread_mutex_lock(&q->lock);
+	*(q->tail ? &q->tail->next : &q->head) = job;
+	q->tail = job;
+	if (q->busy >= gather_threads(fs)) {
+		pthread_mutex_unlock(&q->lock);
+		return;
+	}
+	q->busy++;
+	while ((job = q->head)) {
+		if (!(q->head = job->next))
+			q->tail = NULL;
+		pthread_mutex_unlock(&q->lock);
+		gather(job->req, fs, job->v, job->size, job->off);
+		free(job);
+		pthread_mutex_lock(&q->lock);
+	}
+	q->busy--;
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* Contiguous raw views come from the backing file like tensors; the rest are gathered or converted. */
+static void read_view(fuse_req_t req, struct fs *fs, const struct view_node *v, size_t size, off_t off)
+{
+	const struct node *n = &fs->tree.nodes[v->tensor];
 	uint64_t src;
 
 	if (off < 0 || (uint64_t)off >= v->plan.size) {
@@ -586,15 +647,10 @@ static void read_view(fuse_req_t req, const struct fs *fs, const struct view_nod
 	}
 	if (size > v->plan.size - (uint64_t)off)
 		size = (size_t)(v->plan.size - (uint64_t)off);
-	if (view_contiguous(&v->plan, &src)) {
-		reply_from_backing(req, fs, sh, vs.start + src + (uint64_t)off, size);
-		return;
-	}
-	/* A gather makes a pread per run, however small the request: let other requests be read. */
-	loop_step_aside(fs->loop);
-	vs.plan = &v->plan;
-	vs.off = (uint64_t)off;
-	reply_filled(req, sh, size, fill_view, &vs);
+	if (view_contiguous(&v->plan, &src))
+		reply_from_backing(req, fs, shard_of(fs, n), tensor_file_offset(fs, n) + src + (uint64_t)off, size);
+	else
+		queue_gather(req, fs, v, size, off);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

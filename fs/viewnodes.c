@@ -10,7 +10,12 @@ int view_table_init(struct view_table *t)
 {
 	memset(t, 0, sizeof(*t));
 	t->limit = VIEW_TABLE_CAP;
-	return -pthread_mutex_init(&t->lock, NULL);
+	int rc = pthread_mutex_init(&t->gathers.lock, NULL);
+	if (rc)
+		return -rc;
+	if ((rc = pthread_mutex_init(&t->lock, NULL)))
+		pthread_mutex_destroy(&t->gathers.lock);
+	return -rc;
 }
 
 static void node_free(struct view_node *v)
@@ -30,6 +35,8 @@ void view_table_free(struct view_table *t)
 	free(t->free_slots);
 	free(t->buckets);
 	pthread_mutex_destroy(&t->lock);
+	/* No job is left: a thread gathers until the queue is empty, and the loop waits for it. */
+	pthread_mutex_destroy(&t->gathers.lock);
 }
 
 const struct view_node *view_get(struct view_table *t, size_t index)

@@ -48,7 +48,21 @@ enum view_hold {
 	VIEW_LISTED,  /* kept until unmount, outside the cap: one per tensor at most */
 };
 
+/*
+ * Gathered view reads waiting for a thread allowed to gather (ops.c): gathers may be slow
+ * (a pread per run), so only some of the threads do them at once and the others stay free
+ * for everyone else's requests.
+ */
+struct view_job;
+
+struct view_queue {
+	pthread_mutex_t lock;
+	struct view_job *head, *tail;
+	unsigned busy; /* threads gathering now */
+};
+
 struct view_table {
+	struct view_queue gathers;
 	pthread_mutex_t lock;
 	struct view_node **items;  /* by slot; NULL: free */
 	uint64_t *generations;     /* by slot: how often it was given out */

@@ -1,6 +1,7 @@
 """Gathered views (a column of a matrix) read their source in windows of the
 span they cover, not one pread per run: counted with /proc/PID/io (syscr, the
 daemon's read system calls of every kind), not timed."""
+import errno
 import mmap
 import os
 
@@ -79,3 +80,62 @@ def test_sparse_and_cut_views_read_right(model, mount):
     for off, n in [(5, 11), (4097, 1 << 20), (len(raw) - 3, 3)]:
         assert direct_read(m.mnt / "m[:,1000:1003]", 1 << 20 if n > 4096 else 4096, off)[:n] \
             == raw[off:off + n], (off, n)
+
+
+def test_slow_view_readers_leave_threads_for_others(tmp_path, mount):
+    """Eight O_DIRECT readers of a view whose 1-byte runs lie too far apart for windows
+    (a pread per run: each 32 KiB read is 32,768 of them) once took every thread, so
+    another user's lookup and 4 KiB read waited for a whole gather.  Only half the threads
+    gather now.  Checked as an order of events, not by comparing times: an operation counts
+    as answered meanwhile when no view read finished between its start and its end."""
+    import threading
+    rows, stride = 32768, 4104  # a gap of 4103 bytes: past the window rule's 4096
+    p = tmp_path / "sparse.safetensors"
+    save_file({"s": np.zeros((rows, stride), np.uint8), "plain": np.arange(4096, dtype=np.uint8)}, str(p))
+    m = mount(p, "-o", "max_threads=4")
+    finished, errors, stop = [0], [], threading.Event()
+    lock = threading.Lock()
+
+    def read_view():
+        buf = mmap.mmap(-1, rows)
+        fd = os.open(m.mnt / "s[:,0:1]", os.O_RDONLY | os.O_DIRECT)
+        try:
+            while not stop.is_set():
+                if os.preadv(fd, [buf], 0) != rows:
+                    errors.append("short view read")
+                    return
+                with lock:
+                    finished[0] += 1
+        except OSError as e:
+            errors.append(e)
+        finally:
+            os.close(fd)
+
+    readers = [threading.Thread(target=read_view) for _ in range(8)]
+    for r in readers:
+        r.start()
+    meanwhile, ops = 0, 50
+    try:
+        while finished[0] < 8 and not errors:
+            stop.wait(0.01)
+        assert not errors, errors
+        for i in range(ops):
+            before = finished[0]
+            assert util_errno(lambda: os.stat(m.mnt / f"absent{i}")) == errno.ENOENT
+            assert direct_read(m.mnt / "plain", 4096) == bytes(range(256)) * 16
+            meanwhile += finished[0] == before
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    assert not errors, errors
+    # With every thread gathering, each operation waited for a view read to end.
+    assert meanwhile >= ops // 2, f"{meanwhile} of {ops} operations answered while view reads ran"
+
+
+def util_errno(fn):
+    try:
+        fn()
+    except OSError as e:
+        return e.errno
+    return 0
