@@ -5,12 +5,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../gpu_direct/gpu.h"
 #include "../parser/json_out.h"
 #include "fs.h"
 
 #define MAX_LINE (1 << 20)
+/* Unfinished lines over all sessions: 2000 sessions at MAX_LINE each would be 2 GB. */
+#define MAX_PENDING_IN (64u << 20)
 
 /* A slice of a column block is one piece per row: past this many, upload whole tensors. */
 #define MAX_RANGES (1 << 20)
@@ -19,6 +22,7 @@
 struct item {
 	uint32_t node;                /* the tensor's tree node */
 	const struct view_node *view; /* or NULL */
+	const struct shard *shard;    /* checked after the copy: shard_changed */
 	int fd;
 	uint64_t src, nbytes, dst;
 };
@@ -29,11 +33,43 @@ struct items {
 	char *seen; /* per tree node: already taken */
 };
 
-int control_init(struct control *c, const char *default_device)
+/* Half the RAM, as tmpfs sizes /dev/shm by default: host buffers live there, and past it
+ * the copies would fail half-way anyway; device memory is bounded by the device itself. */
+static uint64_t default_max_upload(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+
+	return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size / 2 : (uint64_t)1 << 32;
+}
+
+/* "N", "NK", "NM" or "NG" (powers of 1024) to bytes; -EINVAL for anything else or overflow. */
+static int parse_size(const char *text, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	if (!text || *text < '0' || *text > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(text, &end, 10);
+	if (*end && !end[1])
+		shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20
+			: *end == 'G' || *end == 'g' ? 30 : 0;
+	if (errno || (*end && !shift) || v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+int control_init(struct control *c, const char *default_device, const char *max_upload)
 {
 	memset(c, 0, sizeof(*c));
 	c->next_id = 1;
 	c->default_device = default_device ? default_device : "auto";
+	c->max_upload = default_max_upload();
+	if (max_upload && parse_size(max_upload, &c->max_upload) < 0)
+		return -EINVAL;
 	return -pthread_mutex_init(&c->lock, NULL);
 }
 
@@ -47,26 +83,53 @@ void control_free(struct control *c)
 
 struct control_session *control_open(void)
 {
-	return calloc(1, sizeof(struct control_session));
+	struct control_session *s = calloc(1, sizeof(*s));
+
+	if (s && pthread_mutex_init(&s->lock, NULL) != 0) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/* The session's unfinished line goes: its bytes no longer count against the total. */
+static void drop_input(struct control_session *s)
+{
+	if (s->owner && s->in_cap) {
+		pthread_mutex_lock(&s->owner->lock);
+		s->owner->pending_in -= s->in_cap;
+		pthread_mutex_unlock(&s->owner->lock);
+	}
+	free(s->in);
+	s->in = NULL;
+	s->in_len = s->in_cap = 0;
 }
 
 void control_close(struct control_session *s)
 {
 	if (s) {
-		free(s->in);
+		drop_input(s);
 		free(s->out);
+		pthread_mutex_destroy(&s->lock);
 		free(s);
 	}
 }
 
 size_t control_read(struct control_session *s, char *buf, size_t size)
 {
+	pthread_mutex_lock(&s->lock);
 	size_t n = s->out_len - s->out_off < size ? s->out_len - s->out_off : size;
 
-	if (n == 0)
-		return 0;
-	memcpy(buf, s->out + s->out_off, n);
+	if (n)
+		memcpy(buf, s->out + s->out_off, n);
 	s->out_off += n;
+	if (s->out_off == s->out_len) {
+		/* All read: the replies need not wait for the close. */
+		free(s->out);
+		s->out = NULL;
+		s->out_len = s->out_off = s->out_cap = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
 	return n;
 }
 
@@ -86,7 +149,7 @@ static int add(struct items *it, struct item x)
 static int add_tensor(const struct fs *fs, struct items *it, uint32_t node)
 {
 	const struct node *n = &fs->tree.nodes[node];
-	return add(it, (struct item){node, NULL, shard_of(fs, n)->fd, tensor_file_offset(fs, n),
+	return add(it, (struct item){node, NULL, shard_of(fs, n), shard_of(fs, n)->fd, tensor_file_offset(fs, n),
 				     st_tensor_nbytes(tensor_of(fs, n)), 0});
 }
 
@@ -129,7 +192,7 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 				} else {
 					/* src: the tensor's first byte; its slice's runs are added at upload. */
 					const struct node *n = &fs->tree.nodes[vn->tensor];
-					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n)->fd,
+					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n), shard_of(fs, n)->fd,
 								   tensor_file_offset(fs, n), vn->plan.size, 0});
 				}
 				free(copy);
@@ -148,40 +211,95 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 	return 1;
 }
 
-/* The path of tree node `n` below the mount. */
-static void path_of(const struct fs *fs, uint32_t n, char *out, size_t len)
+/* The whole path of tree node `n` below the mount, however long (a fixed buffer cut long
+ * paths to their last parts, and globs matched the tail).  `*buf` grows as needed; NULL
+ * when out of memory. */
+static const char *path_of(const struct fs *fs, uint32_t n, char **buf, size_t *cap)
 {
-	char tmp[4096];
-	size_t used = 0;
+	size_t len = 0, at;
 
-	out[0] = '\0';
-	while (n != 0) {
-		const struct node *nd = &fs->tree.nodes[n];
-		int w = snprintf(tmp, sizeof(tmp), "%s%s%s", node_name(&fs->tree, nd), used ? "/" : "", out);
-		if (w < 0 || (size_t)w >= len)
-			return;
-		memcpy(out, tmp, (size_t)w + 1);
-		used = (size_t)w;
-		n = nd->parent;
+	for (uint32_t m = n; m != 0; m = fs->tree.nodes[m].parent)
+		len += strlen(node_name(&fs->tree, &fs->tree.nodes[m])) + 1;
+	if (st_reserve(buf, cap, len + 1, 1))
+		return NULL;
+	at = len ? len - 1 : 0;
+	(*buf)[at] = '\0';
+	for (uint32_t m = n; m != 0; m = fs->tree.nodes[m].parent) {
+		const char *name = node_name(&fs->tree, &fs->tree.nodes[m]);
+		size_t w = strlen(name);
+		at -= w;
+		memcpy(*buf + at, name, w);
+		if (at)
+			(*buf)[--at] = '/';
 	}
+	return *buf;
 }
 
-/* A shell glob over the tensors' paths. */
+/* A shell glob over the tensors' whole paths. */
 static int add_glob(const struct fs *fs, struct items *it, const char *pattern)
 {
-	char path[4096];
+	char *buf = NULL;
+	size_t cap = 0;
 	int rc = 0, matched = 0;
 
 	for (uint32_t i = 1; i < fs->tree.n_nodes && !rc; i++) {
 		if (fs->tree.nodes[i].kind != NODE_TENSOR && fs->tree.nodes[i].kind != NODE_DIR)
 			continue;
-		path_of(fs, i, path, sizeof(path));
-		if (fnmatch(pattern, path, FNM_PATHNAME) == 0) {
+		const char *path = path_of(fs, i, &buf, &cap);
+		if (!path) {
+			rc = -ENOMEM;
+		} else if (fnmatch(pattern, path, FNM_PATHNAME) == 0) {
 			matched = 1;
 			rc = fs->tree.nodes[i].kind == NODE_DIR ? add_dir(fs, it, i) : add_tensor(fs, it, i);
 		}
 	}
+	free(buf);
 	return rc ? rc : !matched;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+	size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] < 0xE0 ? 2
+		: s[0] >= 0xE0 && s[0] < 0xF0 ? 3 : s[0] >= 0xF0 && s[0] < 0xF5 ? 4 : 0;
+
+	if (!len || len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++)
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+	/* Overlong forms, surrogates and past U+10FFFF. */
+	if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0) ||
+	    (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))
+		return 0;
+	return len;
+}
+
+/* Error text quotes what the client wrote (raw bytes, or cut mid-character by snprintf):
+ * each invalid byte becomes U+FFFD, so that every reply is valid JSON. */
+static void jout_text(struct jout *j, const char *msg)
+{
+	size_t n = strlen(msg), o = 0;
+	char *t = malloc(n * 3 + 1);
+
+	if (!t) {
+		j->failed = 1;
+		return;
+	}
+	for (size_t i = 0; i < n;) {
+		size_t l = utf8_len((const unsigned char *)msg + i, n - i);
+		if (l) {
+			memcpy(t + o, msg + i, l);
+			o += l;
+			i += l;
+		} else {
+			memcpy(t + o, "\xEF\xBF\xBD", 3);
+			o += 3;
+			i++;
+		}
+	}
+	jout_str(j, t, o);
+	free(t);
 }
 
 static void reply_error(struct jout *j, const char *msg)
@@ -190,7 +308,7 @@ static void reply_error(struct jout *j, const char *msg)
 	jout_key(j, "ok");
 	jout_bool(j, 0);
 	jout_key(j, "error");
-	jout_str(j, msg, strlen(msg));
+	jout_text(j, msg);
 	jout_end(j, '}');
 }
 
@@ -238,15 +356,23 @@ static void tensor_entry(const struct fs *fs, struct jout *j, const struct item 
 	enum st_dtype dtype = x->view ? x->view->plan.dtype : (enum st_dtype)t->dtype;
 	uint32_t rank = x->view ? x->view->plan.rank : t->rank;
 	const uint64_t *shape = x->view ? x->view->plan.shape : h->dims + t->dims;
-	char path[4096];
+	char *buf = NULL;
+	size_t cap = 0;
 
 	jout_begin(j, '{');
 	jout_key(j, "name");
 	if (x->view) {
-		path_of(fs, x->view->parent, path, sizeof(path));
-		size_t len = strlen(path);
-		snprintf(path + len, sizeof(path) - len, "%s%s", len ? "/" : "", x->view->name);
-		jout_str(j, path, strlen(path));
+		const char *dir = path_of(fs, x->view->parent, &buf, &cap);
+		size_t len = dir ? strlen(dir) : 0, vlen = strlen(x->view->name);
+		if (!dir || st_reserve(&buf, &cap, len + vlen + 2, 1)) {
+			j->failed = 1;
+		} else {
+			if (len)
+				buf[len++] = '/';
+			memcpy(buf + len, x->view->name, vlen + 1);
+			jout_text(j, buf);
+		}
+		free(buf);
 	} else {
 		jout_str(j, st_tensor_name(h, t), t->name_len);
 	}
@@ -321,6 +447,46 @@ static int lay_out(struct items *it, struct gpu_range **out, size_t *nout, uint6
 	return 0;
 }
 
+/* Counts `bytes` against -o max_upload before the allocation, so two uploads at once
+ * cannot both pass it; -ENOSPC past it. */
+static int reserve(struct control *c, uint64_t bytes, char *why)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&c->lock);
+	if (bytes > c->max_upload || c->resident > c->max_upload - bytes)
+		rc = -ENOSPC;
+	else
+		c->resident += bytes;
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		snprintf(why, 256, "upload of %llu bytes refused: buffers hold %llu of -o max_upload=%llu "
+			 "(free some)", (unsigned long long)bytes, (unsigned long long)c->resident,
+			 (unsigned long long)c->max_upload);
+	return rc;
+}
+
+static void unreserve(struct control *c, uint64_t bytes)
+{
+	pthread_mutex_lock(&c->lock);
+	c->resident -= bytes;
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* A shard rewritten during (or before) the copy gave the buffer bytes no read would serve
+ * (reads answer EIO then): -EIO, so no client takes them for the model's. */
+static int check_shards(const struct items *it, char *why)
+{
+	for (size_t i = 0; i < it->n; i++)
+		if (i == 0 || it->v[i].shard != it->v[i - 1].shard)
+			if (shard_changed(it->v[i].shard)) {
+				snprintf(why, 256, "a backing file changed since mount: remount to "
+					 "read it (%s)", strerror(EIO));
+				return -EIO;
+			}
+	return 0;
+}
+
 /* Lays the items out, allocates, uploads and registers the buffer. */
 static int upload(struct fs *fs, struct items *it, enum gpu_kind kind, int dev, struct jout *j, char *why)
 {
@@ -335,15 +501,23 @@ static int upload(struct fs *fs, struct items *it, enum gpu_kind kind, int dev, 
 
 	if ((rc = lay_out(it, &ranges, &nranges, &total, why)) < 0)
 		return rc;
-	rc = gpu_alloc(kind, dev, total ? total : GPU_ALIGN, &b.buf, why, 256);
+	total = total ? total : GPU_ALIGN;
+	if ((rc = reserve(c, total, why)) < 0) {
+		free(ranges);
+		return rc;
+	}
+	rc = gpu_alloc(kind, dev, total, &b.buf, why, 256);
 	if (!rc)
 		rc = gpu_upload(b.buf, ranges, nranges, NULL, &stats, why, 256);
 	free(ranges);
+	if (!rc)
+		rc = check_shards(it, why);
 	if (!rc && (rc = gpu_handle(b.buf, handle, sizeof(handle))) > 0)
 		rc = 0; /* its length */
 	if (rc) {
 		if (b.buf)
 			gpu_free(b.buf);
+		unreserve(c, total);
 		return rc;
 	}
 	gpu_device_name(kind, dev, b.device, sizeof(b.device));
@@ -358,6 +532,7 @@ static int upload(struct fs *fs, struct items *it, enum gpu_kind kind, int dev, 
 	pthread_mutex_unlock(&c->lock);
 	if (rc) {
 		gpu_free(b.buf);
+		unreserve(c, total);
 		return rc;
 	}
 	jout_begin(j, '{');
@@ -430,6 +605,7 @@ static void run_free(struct control *c, const char *arg, struct jout *j)
 	for (size_t i = 0; arg && *arg && !*end && i < c->n && !victim; i++)
 		if (c->bufs[i].id == id) {
 			victim = c->bufs[i].buf;
+			c->resident -= c->bufs[i].bytes;
 			c->bufs[i] = c->bufs[--c->n];
 		}
 	pthread_mutex_unlock(&c->lock);
@@ -488,40 +664,112 @@ static void run_line(struct fs *fs, char *line, struct jout *j)
 		reply_error(j, "unknown command (backends, upload, free, list)");
 }
 
-int control_write(struct fs *fs, struct control_session *s, const char *data, size_t len)
+/* Appends reply `j` to what the session has for reading; read replies are gone already. */
+static int queue_reply(struct control_session *s, struct jout *j)
 {
-	char *nl;
+	if (j->failed)
+		return -ENOMEM;
+	if (st_reserve(&s->out, &s->out_cap, s->out_len + j->len, 1))
+		return -ENOMEM;
+	memcpy(s->out + s->out_len, j->p, j->len);
+	s->out_len += j->len;
+	return 0;
+}
+
+static int run_and_reply(struct fs *fs, struct control_session *s, char *line, const char *error)
+{
+	struct jout j = {0};
+	int rc;
+
+	if (error)
+		reply_error(&j, error);
+	else
+		run_line(fs, line, &j);
+	jout_end(&j, '\n');
+	rc = queue_reply(s, &j);
+	jout_free(&j);
+	return rc;
+}
+
+/* Adds `len` bytes to the unfinished line, within MAX_LINE and the sessions' total.
+ * 1 when the line passed MAX_LINE (dropped), -ENOBUFS past the total. */
+static int take_input(struct control *c, struct control_session *s, const char *data, size_t len)
+{
+	size_t cap = s->in_cap, need = s->in_len + len + 1;
+	int rc = 0;
 
 	if (s->in_len + len > MAX_LINE)
-		return -E2BIG;
-	char *in = realloc(s->in, s->in_len + len + 1);
-	if (!in)
-		return -ENOMEM;
-	s->in = in;
+		return 1;
+	if (need > cap) {
+		size_t grow = need < 2 * cap ? 2 * cap : need;
+		grow = grow > MAX_LINE + 1 ? MAX_LINE + 1 : grow;
+		pthread_mutex_lock(&c->lock);
+		if (c->pending_in + (grow - cap) > MAX_PENDING_IN)
+			rc = -ENOBUFS;
+		else
+			c->pending_in += grow - cap;
+		pthread_mutex_unlock(&c->lock);
+		char *in = rc ? NULL : realloc(s->in, grow);
+		if (!rc && !in) {
+			pthread_mutex_lock(&c->lock);
+			c->pending_in -= grow - cap;
+			pthread_mutex_unlock(&c->lock);
+			rc = -ENOMEM;
+		}
+		if (rc)
+			return rc;
+		s->in = in;
+		s->in_cap = grow;
+	}
 	memcpy(s->in + s->in_len, data, len);
 	s->in_len += len;
 	s->in[s->in_len] = '\0';
-	while ((nl = memchr(s->in, '\n', s->in_len))) {
-		struct jout j = {0};
-		size_t used = (size_t)(nl - s->in) + 1;
-		*nl = '\0';
-		run_line(fs, s->in, &j);
-		jout_end(&j, '\n');
-		if (j.failed) {
-			jout_free(&j);
-			return -ENOMEM;
-		}
-		char *out = realloc(s->out, s->out_len + j.len);
-		if (!out) {
-			jout_free(&j);
-			return -ENOMEM;
-		}
-		s->out = out;
-		memcpy(s->out + s->out_len, j.p, j.len);
-		s->out_len += j.len;
-		jout_free(&j);
-		memmove(s->in, s->in + used, s->in_len - used + 1);
-		s->in_len -= used;
-	}
 	return 0;
+}
+
+/* One stretch of `data` up to (not including) a newline, or the rest; `line_end` says
+ * whether a newline follows.  Each byte is looked at once: linear in what is written. */
+static int take_piece(struct fs *fs, struct control_session *s, const char *data, size_t len, int line_end)
+{
+	int rc = 0;
+
+	if (!s->skipping) {
+		rc = take_input(&fs->control, s, data, len);
+		if (rc == 1) {
+			/* One reply for the line, then the session goes on at the next newline. */
+			drop_input(s);
+			s->skipping = 1;
+			rc = run_and_reply(fs, s, NULL, "line longer than 1 MiB: dropped up to its newline");
+		}
+	}
+	if (rc || !line_end)
+		return rc;
+	if (s->skipping) {
+		s->skipping = 0;
+		return 0;
+	}
+	char empty[1] = "";
+	rc = run_and_reply(fs, s, s->in ? s->in : empty, NULL);
+	s->in_len = 0;
+	if (s->in_cap > 4096)
+		drop_input(s); /* a large line's buffer is not kept for the next */
+	return rc;
+}
+
+int control_write(struct fs *fs, struct control_session *s, const char *data, size_t len)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&s->lock);
+	s->owner = &fs->control;
+	while (!rc && len) {
+		const char *nl = memchr(data, '\n', len);
+		size_t piece = nl ? (size_t)(nl - data) : len;
+		rc = take_piece(fs, s, data, piece, nl != NULL);
+		piece += nl != NULL;
+		data += piece;
+		len -= piece;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
 }
