@@ -27,6 +27,7 @@ struct fs_options {
 	char *gpu;              /* -o gpu=: the default upload device */
 	char *spin_us_arg;      /* -o spin_us= as given */
 	char *max_threads_arg;  /* -o max_threads= as given */
+	char *max_upload_arg;   /* -o max_upload= as given: control_init reads it */
 	unsigned spin_us;       /* how long the reader polls before it sleeps */
 	unsigned max_threads;   /* threads that serve requests */
 };

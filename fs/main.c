@@ -38,6 +38,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("spin_us=%s", spin_us_arg),
 	/* Taken here, not by libfuse, whose parser fills in 10 when it is not given. */
 	OPT("max_threads=%s", max_threads_arg),
+	OPT("max_upload=%s", max_upload_arg),
 	FUSE_OPT_END,
 };
 
@@ -52,6 +53,8 @@ static void usage(const char *prog)
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
 	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads (auto)\n"
+	       "    -o max_upload=SIZE     bytes /.control buffers may hold together; K, M, G\n"
+	       "                           suffixes (default: half the RAM, /dev/shm's size)\n"
 	       "    -o spin_us=N           after a quick request, poll N microseconds for the next\n"
 	       "                           before sleeping (default %u; 0 on one CPU; 0: never)\n"
 	       "    -o max_threads=N       threads serving requests, 1 to 256 (default: one per\n"
@@ -234,8 +237,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (fs->opt.gpu && strcmp(fs->opt.gpu, "auto") && strcmp(fs->opt.gpu, "cuda") && strcmp(fs->opt.gpu, "hip") &&
 	    strcmp(fs->opt.gpu, "host") && strcmp(fs->opt.gpu, "none"))
 		return fail("gpu", "must be auto, cuda, hip, host or none");
-	if (control_init(&fs->control, fs->opt.gpu) < 0)
-		return fail(fs->opt.source, "cannot set up the control file");
+	if (control_init(&fs->control, fs->opt.gpu, fs->opt.max_upload_arg) < 0)
+		return fail(fs->opt.source, "cannot set up the control file (is -o max_upload a size?)");
 	fs->control_ready = 1;
 	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
 	if (bufpool_init(&fs->replies, per_cpu(cpus), reply_max) < 0)
