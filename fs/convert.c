@@ -476,7 +476,26 @@ static void to_f16(const struct decoder *d, const uint8_t *in, unsigned bit_off,
 	}
 }
 
-/* Every source through float32, F64 and I64 included: ml_dtypes rounds twice. */
+/*
+ * double -> float rounded to odd: the float toward zero, its last bit set when
+ * the double lay between two floats.  A float has 16 bits more than a bfloat16
+ * at every exponent, so rounding this float to nearest-even once more gives
+ * what one rounding of the double would: F64->BF16 rounds once, as ml_dtypes
+ * 0.7 does.  A NaN goes as the CPU converts it (the NaN rule of the float path).
+ */
+static uint32_t f64_to_f32_odd(double v)
+{
+	float t = (float)v;
+	uint32_t b = f32_bits(t);
+
+	if (v != v || (double)t == v)
+		return b;
+	if (v > 0 ? (double)t > v : (double)t < v)
+		b--; /* one step toward zero: t is not 0 here, and inf steps to the largest float */
+	return b | 1;
+}
+
+/* Every other source through float32 (exact for all but I64/U64/I32/U32). */
 static void to_bf16(const struct decoder *d, const uint8_t *in, unsigned bit_off, uint8_t *out,
 		    size_t n)
 {
@@ -485,7 +504,11 @@ static void to_bf16(const struct decoder *d, const uint8_t *in, unsigned bit_off
 	for (size_t i = 0; i < n; i += BLOCK) {
 		size_t k = n - i < BLOCK ? n - i : BLOCK;
 
-		decode_f32(d, in, bit_off, i, (uint8_t *)tmp, k);
+		if (d->src == ST_F64)
+			for (size_t j = 0; j < k; j++)
+				tmp[j] = f64_to_f32_odd(f64_from_bits(ld64(in + 8 * (i + j))));
+		else
+			decode_f32(d, in, bit_off, i, (uint8_t *)tmp, k);
 		f32_to_bf16_run(tmp, out + 2 * i, k);
 	}
 }

@@ -4,14 +4,16 @@
  * ml_dtypes types it (bfloat16, float8_*, float6_*, float4_e2m1fn).
  *
  * What "bit-exact" means here, as measured against NumPy 2.4 and ml_dtypes
- * 0.6 (tests/test_view_units.py checks every case below):
+ * 0.7 (tests/test_view_units.py checks every case below):
  *  - Every cast rounds to nearest, ties to even; overflow gives Inf.
  *  - Casts between NumPy's own types (integers, BOOL, F16, F32, F64) are
  *    NumPy's: F64->F16 rounds once (not via F32), F16->F32/F64 keep a
  *    signalling NaN signalling, F32/F64->F16 keep the top NaN payload bits.
  *  - Casts that involve an ml_dtypes type go through float32, as ml_dtypes
- *    does (static_cast<To>(static_cast<float>(from))): F64->BF16 and
- *    I64->BF16 round twice, every NaN becomes the quiet NaN of its sign
+ *    does (static_cast<To>(static_cast<float>(from))), which is exact for
+ *    every source but the 32- and 64-bit integers; F64->BF16 rounds once
+ *    from the double, as ml_dtypes 0.7 does (a float rounded to odd, then
+ *    to nearest-even: see f64_to_f32_odd); every NaN becomes the quiet NaN of its sign
  *    (0x7fc0 in BF16, 0x7e00 in F16 from BF16/F8/F6/F4), and a BF16 or F8 NaN
  *    reaching F64 goes through the CPU's float->double, which quiets it.
  *  - BOOL is 0 or 1 (any nonzero byte is 1), as NumPy's casts read it.

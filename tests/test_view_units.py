@@ -233,6 +233,27 @@ def test_f64(dst):
     check_convert("F64", dst, f64_cases().tobytes())
 
 
+def halfway_doubles(mant_bits):
+    """Doubles just above and below each halfway point of a target with MANT_BITS mantissa
+    bits that float32 rounds onto the halfway point itself: there, rounding through float32
+    and then to the target gives the wrong neighbour, one rounding from the double does not."""
+    rng = np.random.default_rng(11)
+    exps = rng.integers(1023 - 100, 1023 + 100, 4000, dtype=np.uint64)
+    mants = rng.integers(0, 1 << mant_bits, 4000, dtype=np.uint64) << np.uint64(52 - mant_bits)
+    half = (exps << np.uint64(52)) | mants | (np.uint64(1) << np.uint64(51 - mant_bits))
+    off = np.uint64(1) << np.uint64(10)  # far below float32's last bit (2^-23 is bit 29)
+    return np.concatenate([half + off, half - off]).view(np.float64)
+
+
+@pytest.mark.parametrize("dst, mant_bits", [("BF16", 7), ("F16", 10)])
+def test_f64_rounds_once(dst, mant_bits):
+    """The values that double rounding gets wrong, bit for bit against ml_dtypes 0.7 and NumPy."""
+    x = halfway_doubles(mant_bits)
+    assert (astype(x.astype(np.float32), dst).view(np.uint16) != astype(x, dst).view(np.uint16)).any(), \
+        "no case where double rounding differs: the test would prove nothing"
+    check_convert("F64", dst, x.tobytes())
+
+
 @pytest.mark.parametrize("dst", TARGETS)
 def test_bool(dst):
     check_convert("BOOL", dst, bytes([0, 1, 1, 0]))

@@ -316,8 +316,12 @@ static void test_convert(void)
 	CHECK(conv1(ST_F32, ST_F16, 0x477fefff) == 0x7bff, "just below 65520 is 65504");
 	/* 1 + 2^-11 + 2^-40: NumPy rounds double->half once (up), not via float. */
 	CHECK(conv1(ST_F64, ST_F16, 0x3ff0020000100000) == 0x3c01, "f64->f16 single rounding");
-	/* 1 + 2^-8 + 2^-40: ml_dtypes goes through float, where it is a tie. */
-	CHECK(conv1(ST_F64, ST_BF16, 0x3ff0100000100000) == 0x3f80, "f64->bf16 via float");
+	/* 1 + 2^-8 + 2^-40: a tie in float, but above the halfway point: one rounding goes up. */
+	CHECK(conv1(ST_F64, ST_BF16, 0x3ff0100000100000) == 0x3f81, "f64->bf16 single rounding up");
+	/* 1 + 2^-8 - 2^-40: a tie in float too, below the halfway point: down. */
+	CHECK(conv1(ST_F64, ST_BF16, 0x3ff00fffffff0000) == 0x3f80, "f64->bf16 single rounding down");
+	CHECK(conv1(ST_F64, ST_BF16, 0x47efffffe0000000) == 0x7f80, "f64 FLT_MAX rounds to bf16 inf");
+	CHECK(conv1(ST_F64, ST_BF16, 0x7ff0000000000000) == 0x7f80, "f64 inf");
 	CHECK(conv1(ST_F8_E4M3, ST_F32, 0x7e) == 0x43e00000, "e4m3 448");
 	CHECK(conv1(ST_F8_E4M3, ST_F32, 0xff) == 0xffc00000, "e4m3 -NaN");
 	CHECK(conv1(ST_F8_E4M3FNUZ, ST_F32, 0x80) == 0xffc00000, "fnuz NaN");
