@@ -3,10 +3,12 @@
  * loaded with dlopen, so that one binary runs with or without it; and its direct path,
  * GPUDirect Storage through libcufile, also dlopened.
  *
- * Compiled against the real headers (cuda_runtime_api.h; cufile.h where installed, else
- * cufile_abi.h): every function pointer type below is written out and checked against the
- * header's prototype at compile time, so a toolkit that changes a prototype breaks the build
- * instead of miscalling.
+ * Compiled against our own declarations of the CUDA runtime (cuda_abi.h: its gd_-prefixed
+ * names are CUDA's), so no toolkit is needed to build; where the toolkit's headers are found,
+ * cuda_abi_check.c compares those declarations with them at compile time, so a toolkit that
+ * changes a prototype or value breaks the build instead of miscalling. GPUDirect Storage's
+ * names come from cufile.h where installed, else cufile_abi.h (checked below against
+ * cufile.h wherever it is found).
  *
  * Global state: `cu` and `cf`, each filled once under its pthread_once and only read after
  * (the libraries stay loaded for the life of the process).
@@ -22,7 +24,7 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
-#include <cuda_runtime_api.h>
+#include "cuda_abi.h"
 
 #if __has_include(<cufile.h>)
 #include <cufile.h>
@@ -34,34 +36,11 @@
 
 #include "internal.h"
 
-_Static_assert(sizeof(cudaIpcMemHandle_t) == GD_IPC_BYTES, "cudaIpcMemHandle_t is not 64 bytes");
+_Static_assert(sizeof(gd_cudaIpcMemHandle_t) == GD_IPC_BYTES, "cudaIpcMemHandle_t is not 64 bytes");
 
 /* ---- the CUDA runtime ---- */
 
-#define CUDA_CALLS(X)                                                                          \
-	X(cudaError_t, cudaGetDeviceCount, (int *count))                                       \
-	X(cudaError_t, cudaSetDevice, (int device))                                            \
-	X(cudaError_t, cudaMalloc, (void **devPtr, size_t size))                               \
-	X(cudaError_t, cudaFree, (void *devPtr))                                               \
-	X(cudaError_t, cudaHostAlloc, (void **pHost, size_t size, unsigned int flags))         \
-	X(cudaError_t, cudaFreeHost, (void *ptr))                                              \
-	X(cudaError_t, cudaStreamCreateWithFlags, (cudaStream_t * pStream, unsigned int flags)) \
-	X(cudaError_t, cudaStreamDestroy, (cudaStream_t stream))                               \
-	X(cudaError_t, cudaStreamSynchronize, (cudaStream_t stream))                           \
-	X(cudaError_t, cudaMemcpyAsync,                                                        \
-	  (void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,                 \
-	   cudaStream_t stream))                                                               \
-	X(cudaError_t, cudaMemcpy,                                                             \
-	  (void *dst, const void *src, size_t count, enum cudaMemcpyKind kind))                \
-	X(cudaError_t, cudaIpcGetMemHandle, (cudaIpcMemHandle_t * handle, void *devPtr))       \
-	X(const char *, cudaGetErrorString, (cudaError_t error))                               \
-	X(cudaError_t, cudaRuntimeGetVersion, (int *runtimeVersion))                           \
-	X(cudaError_t, cudaDriverGetVersion, (int *driverVersion))
-
 #define TYPEDEF(ret, name, params) typedef ret(*name##_fn) params;
-#define CHECK(ret, name, params)                                                               \
-	_Static_assert(__builtin_types_compatible_p(__typeof__(&name), name##_fn),             \
-		       #name ": the prototype in cuda_runtime_api.h changed");
 #define MEMBER(ret, name, params) name##_fn name;
 #define LOOKUP(ret, name, params)                                                              \
 	if (!(cu.name = (name##_fn)dlsym(cu.lib, #name))) {                                    \
@@ -69,8 +48,7 @@ _Static_assert(sizeof(cudaIpcMemHandle_t) == GD_IPC_BYTES, "cudaIpcMemHandle_t i
 		return;                                                                        \
 	}
 
-CUDA_CALLS(TYPEDEF)
-CUDA_CALLS(CHECK)
+GD_CUDA_CALLS(TYPEDEF)
 
 static struct {
 	void *lib;
@@ -78,7 +56,7 @@ static struct {
 	int loaded;    /* 1 when every function was found */
 	char why[256]; /* why not */
 	int runtime_version;
-	CUDA_CALLS(MEMBER)
+	GD_CUDA_CALLS(MEMBER)
 } cu;
 static pthread_once_t cu_once = PTHREAD_ONCE_INIT;
 
@@ -94,8 +72,8 @@ static void cu_load_once(void)
 			    sizeof cu.why);
 	if (!cu.lib)
 		return;
-	CUDA_CALLS(LOOKUP)
-	if (cu.cudaRuntimeGetVersion(&cu.runtime_version) != cudaSuccess)
+	GD_CUDA_CALLS(LOOKUP)
+	if (cu.cudaRuntimeGetVersion(&cu.runtime_version) != gd_cudaSuccess)
 		cu.runtime_version = 0;
 	cu.loaded = 1;
 }
@@ -108,24 +86,24 @@ static int cu_load(char *err, size_t errlen)
 	return 0;
 }
 
-static int cu_errno(cudaError_t e)
+static int cu_errno(gd_cudaError_t e)
 {
 	switch (e) {
-	case cudaErrorMemoryAllocation:
+	case gd_cudaErrorMemoryAllocation:
 		return -ENOMEM;
-	case cudaErrorNoDevice:
-	case cudaErrorInvalidDevice:
-	case cudaErrorInsufficientDriver:
-	case cudaErrorDevicesUnavailable:
+	case gd_cudaErrorNoDevice:
+	case gd_cudaErrorInvalidDevice:
+	case gd_cudaErrorInsufficientDriver:
+	case gd_cudaErrorDevicesUnavailable:
 		return -ENODEV;
-	case cudaErrorNotSupported:
+	case gd_cudaErrorNotSupported:
 		return -ENOTSUP;
 	default:
 		return -EIO;
 	}
 }
 
-static int cu_fail(cudaError_t e, const char *call, char *err, size_t errlen)
+static int cu_fail(gd_cudaError_t e, const char *call, char *err, size_t errlen)
 {
 	const char *s = cu.cudaGetErrorString(e);
 
@@ -135,20 +113,20 @@ static int cu_fail(cudaError_t e, const char *call, char *err, size_t errlen)
 
 #define CU_TRY(call, name)                                                                     \
 	do {                                                                                   \
-		cudaError_t e_ = (call);                                                       \
-		if (e_ != cudaSuccess)                                                         \
+		gd_cudaError_t e_ = (call);                                                    \
+		if (e_ != gd_cudaSuccess)                                                      \
 			return cu_fail(e_, name, err, errlen);                                 \
 	} while (0)
 
 static int cu_devices(int *count, char *detail, size_t len)
 {
 	int drv = 0;
-	cudaError_t e;
+	gd_cudaError_t e;
 
 	*count = 0;
 	e = cu.cudaGetDeviceCount(count);
 	cu.cudaDriverGetVersion(&drv);
-	if (e != cudaSuccess) {
+	if (e != gd_cudaSuccess) {
 		*count = 0;
 		gd_say(detail, len, "CUDA runtime %d.%d (%s): %s", cu.runtime_version / 1000,
 			 cu.runtime_version % 1000 / 10, cu.libname, cu.cudaGetErrorString(e));
@@ -178,7 +156,7 @@ static void cu_dev_free(void *ptr)
 
 static int cu_ipc_handle(void *ptr, unsigned char out[GD_IPC_BYTES], char *err, size_t errlen)
 {
-	cudaIpcMemHandle_t h;
+	gd_cudaIpcMemHandle_t h;
 
 	CU_TRY(cu.cudaIpcGetMemHandle(&h, ptr), "cudaIpcGetMemHandle");
 	memcpy(out, &h, GD_IPC_BYTES);
@@ -187,7 +165,7 @@ static int cu_ipc_handle(void *ptr, unsigned char out[GD_IPC_BYTES], char *err, 
 
 static int cu_host_alloc(void **ptr, size_t bytes, char *err, size_t errlen)
 {
-	CU_TRY(cu.cudaHostAlloc(ptr, bytes, cudaHostAllocPortable), "cudaHostAlloc");
+	CU_TRY(cu.cudaHostAlloc(ptr, bytes, gd_cudaHostAllocPortable), "cudaHostAlloc");
 	return 0;
 }
 
@@ -198,35 +176,35 @@ static void cu_host_free(void *ptr)
 
 static int cu_stream_create(void **stream, char *err, size_t errlen)
 {
-	cudaStream_t s;
+	gd_cudaStream_t s;
 
-	CU_TRY(cu.cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+	CU_TRY(cu.cudaStreamCreateWithFlags(&s, gd_cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
 	*stream = s;
 	return 0;
 }
 
 static void cu_stream_destroy(void *stream)
 {
-	cu.cudaStreamDestroy((cudaStream_t)stream);
+	cu.cudaStreamDestroy((gd_cudaStream_t)stream);
 }
 
 static int cu_h2d_async(void *dst, const void *src, size_t n, void *stream, char *err,
 			size_t errlen)
 {
-	CU_TRY(cu.cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, (cudaStream_t)stream),
+	CU_TRY(cu.cudaMemcpyAsync(dst, src, n, gd_cudaMemcpyHostToDevice, (gd_cudaStream_t)stream),
 	       "cudaMemcpyAsync");
 	return 0;
 }
 
 static int cu_stream_sync(void *stream, char *err, size_t errlen)
 {
-	CU_TRY(cu.cudaStreamSynchronize((cudaStream_t)stream), "cudaStreamSynchronize");
+	CU_TRY(cu.cudaStreamSynchronize((gd_cudaStream_t)stream), "cudaStreamSynchronize");
 	return 0;
 }
 
 static int cu_d2h(void *dst, const void *src, size_t n, char *err, size_t errlen)
 {
-	CU_TRY(cu.cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), "cudaMemcpy");
+	CU_TRY(cu.cudaMemcpy(dst, src, n, gd_cudaMemcpyDeviceToHost), "cudaMemcpy");
 	return 0;
 }
 
@@ -388,13 +366,13 @@ static int gds_piece(void *arg, const struct gpu_range *piece, char *err, size_t
 	struct gds_ctx *g = arg;
 	CUfileHandle_t fh = NULL;
 	uint64_t done = 0;
-	cudaError_t ce;
+	gd_cudaError_t ce;
 
 	for (size_t i = 0; i < g->nfiles; i++)
 		if (g->files[i].fd == piece->fd)
 			fh = g->files[i].fh;
 	/* cuFile works on the calling thread's current device. */
-	if ((ce = cu.cudaSetDevice(g->b->device)) != cudaSuccess)
+	if ((ce = cu.cudaSetDevice(g->b->device)) != gd_cudaSuccess)
 		return cu_fail(ce, "cudaSetDevice", err, errlen);
 	while (done < piece->nbytes) {
 		ssize_t got = cf.cuFileRead(fh, g->b->ptr, (size_t)(piece->nbytes - done),

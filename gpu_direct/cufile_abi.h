@@ -9,7 +9,13 @@
 #ifndef SAFETENSORSFS_CUFILE_ABI_H
 #define SAFETENSORSFS_CUFILE_ABI_H
 
-#include <cuda.h> /* CUresult */
+/* CUresult, the CUDA driver's error code (enum cudaError_enum, 0 is CUDA_SUCCESS): from the
+ * toolkit's cuda.h where it is on the path, else declared here, since only its value is read. */
+#if __has_include(<cuda.h>)
+#include <cuda.h>
+#else
+typedef enum cudaError_enum { CUDA_SUCCESS = 0 } CUresult;
+#endif
 #include <sys/types.h>
 
 #define CUFILEOP_BASE_ERR 5000

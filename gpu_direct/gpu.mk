@@ -1,12 +1,19 @@
-# gpu_direct: the GPU backends compile against the real runtime headers on every build and
-# link nothing of them: the runtimes (libcudart, libcufile, libamdhip64) are dlopen()ed when
-# first used, so one binary runs with or without them.
-#   cuda.c  the CUDA toolkit's headers (cuda_runtime_api.h, cuda.h; cufile.h where installed,
-#           else gpu_direct/cufile_abi.h) under CUDA_HOME
-#   hip.c   hip/hip_runtime_api.h from Debian's libamdhip64-dev (or ROCm under HIP_PATH),
-#           compiled as C for the AMD platform
+# gpu_direct: the GPU backends build from the project's own declarations of the runtimes'
+# ABI (cuda_abi.h, hip_abi.h, cufile_abi.h) and link nothing of them: the runtimes
+# (libcudart, libcufile, libamdhip64) are dlopen()ed when first used, so one binary runs with
+# or without them, and no GPU header is needed to build it. Where the real headers are found,
+# cuda_abi_check.c and hip_abi_check.c compare our declarations with them at compile time:
+#   CUDA  the toolkit's include directory under CUDA_HOME, put on the path only if it exists
+#         (cufile.h there, where installed, is used by cuda.c in place of cufile_abi.h)
+#   HIP   hip/hip_runtime_api.h on the default path (Debian's libamdhip64-dev) or under
+#         HIP_PATH's include directory, if it exists
 CUDA_HOME ?= /usr/local/cuda
 
-$(BUILD)/gpu_direct/cuda.o: CPPFLAGS += -I$(CUDA_HOME)/include
-$(BUILD)/gpu_direct/hip.o: CPPFLAGS += -D__HIP_PLATFORM_AMD__ $(if $(HIP_PATH),-I$(HIP_PATH)/include)
+GD_CUDA_INC := $(wildcard $(CUDA_HOME)/include)
+GD_HIP_INC  := $(if $(HIP_PATH),$(wildcard $(HIP_PATH)/include))
+
+GD_CUDA_OBJ := $(BUILD)/gpu_direct/cuda.o $(BUILD)/gpu_direct/cuda_abi_check.o
+
+$(GD_CUDA_OBJ): CPPFLAGS += $(addprefix -I,$(GD_CUDA_INC))
+$(BUILD)/gpu_direct/hip_abi_check.o: CPPFLAGS += $(addprefix -I,$(GD_HIP_INC))
 LDLIBS += -ldl

@@ -3,10 +3,11 @@
  * (libamdhip64) loaded with dlopen, so that one binary runs with or without it. No
  * GPUDirect Storage path: uploads always go through pinned staging buffers.
  *
- * Compiled in C against the real header: hip/hip_runtime_api.h with __HIP_PLATFORM_AMD__
- * (gpu.mk), which gcc takes in C mode (hip_runtime.h itself wants a HIP compiler). Every
- * function pointer type below is written out and checked against the header's prototype at
- * compile time.
+ * Compiled against our own declarations of the HIP runtime (hip_abi.h: its gd_-prefixed names
+ * are HIP's), so no HIP headers are needed to build; where hip/hip_runtime_api.h is found
+ * (Debian's libamdhip64-dev, or ROCm under HIP_PATH), hip_abi_check.c compares those
+ * declarations with it at compile time, so a HIP that changes a prototype or value breaks
+ * the build instead of miscalling.
  *
  * Global state: `hp`, filled once under pthread_once and only read after (the library stays
  * loaded for the life of the process).
@@ -18,35 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hip/hip_runtime_api.h>
+#include "hip_abi.h"
 
 #include "internal.h"
 
-_Static_assert(sizeof(hipIpcMemHandle_t) == GD_IPC_BYTES, "hipIpcMemHandle_t is not 64 bytes");
-
-#define HIP_CALLS(X)                                                                           \
-	X(hipError_t, hipGetDeviceCount, (int *count))                                         \
-	X(hipError_t, hipSetDevice, (int deviceId))                                            \
-	X(hipError_t, hipMalloc, (void **ptr, size_t size))                                    \
-	X(hipError_t, hipFree, (void *ptr))                                                    \
-	X(hipError_t, hipHostMalloc, (void **ptr, size_t size, unsigned int flags))            \
-	X(hipError_t, hipHostFree, (void *ptr))                                                \
-	X(hipError_t, hipStreamCreateWithFlags, (hipStream_t * stream, unsigned int flags))    \
-	X(hipError_t, hipStreamDestroy, (hipStream_t stream))                                  \
-	X(hipError_t, hipStreamSynchronize, (hipStream_t stream))                              \
-	X(hipError_t, hipMemcpyAsync,                                                          \
-	  (void *dst, const void *src, size_t sizeBytes, hipMemcpyKind kind,                   \
-	   hipStream_t stream))                                                                \
-	X(hipError_t, hipMemcpy, (void *dst, const void *src, size_t sizeBytes, hipMemcpyKind kind)) \
-	X(hipError_t, hipIpcGetMemHandle, (hipIpcMemHandle_t * handle, void *devPtr))          \
-	X(const char *, hipGetErrorString, (hipError_t hipError))                              \
-	X(hipError_t, hipRuntimeGetVersion, (int *runtimeVersion))                             \
-	X(hipError_t, hipDriverGetVersion, (int *driverVersion))
+_Static_assert(sizeof(gd_hipIpcMemHandle_t) == GD_IPC_BYTES, "hipIpcMemHandle_t is not 64 bytes");
 
 #define TYPEDEF(ret, name, params) typedef ret(*name##_fn) params;
-#define CHECK(ret, name, params)                                                               \
-	_Static_assert(__builtin_types_compatible_p(__typeof__(&name), name##_fn),             \
-		       #name ": the prototype in hip_runtime_api.h changed");
 #define MEMBER(ret, name, params) name##_fn name;
 #define LOOKUP(ret, name, params)                                                              \
 	if (!(hp.name = (name##_fn)dlsym(hp.lib, #name))) {                                    \
@@ -54,8 +33,7 @@ _Static_assert(sizeof(hipIpcMemHandle_t) == GD_IPC_BYTES, "hipIpcMemHandle_t is 
 		return;                                                                        \
 	}
 
-HIP_CALLS(TYPEDEF)
-HIP_CALLS(CHECK)
+GD_HIP_CALLS(TYPEDEF)
 
 static struct {
 	void *lib;
@@ -63,7 +41,7 @@ static struct {
 	int loaded;    /* 1 when every function was found */
 	char why[256]; /* why not */
 	int runtime_version;
-	HIP_CALLS(MEMBER)
+	GD_HIP_CALLS(MEMBER)
 } hp;
 static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
 
@@ -78,8 +56,8 @@ static void hp_load_once(void)
 				 sizeof hp.why);
 	if (!hp.lib)
 		return;
-	HIP_CALLS(LOOKUP)
-	if (hp.hipRuntimeGetVersion(&hp.runtime_version) != hipSuccess)
+	GD_HIP_CALLS(LOOKUP)
+	if (hp.hipRuntimeGetVersion(&hp.runtime_version) != gd_hipSuccess)
 		hp.runtime_version = 0;
 	hp.loaded = 1;
 }
@@ -92,23 +70,23 @@ static int hp_load(char *err, size_t errlen)
 	return 0;
 }
 
-static int hp_errno(hipError_t e)
+static int hp_errno(gd_hipError_t e)
 {
 	switch (e) {
-	case hipErrorOutOfMemory:
+	case gd_hipErrorOutOfMemory:
 		return -ENOMEM;
-	case hipErrorNoDevice:
-	case hipErrorInvalidDevice:
-	case hipErrorInsufficientDriver:
+	case gd_hipErrorNoDevice:
+	case gd_hipErrorInvalidDevice:
+	case gd_hipErrorInsufficientDriver:
 		return -ENODEV;
-	case hipErrorNotSupported:
+	case gd_hipErrorNotSupported:
 		return -ENOTSUP;
 	default:
 		return -EIO;
 	}
 }
 
-static int hp_fail(hipError_t e, const char *call, char *err, size_t errlen)
+static int hp_fail(gd_hipError_t e, const char *call, char *err, size_t errlen)
 {
 	const char *s = hp.hipGetErrorString(e);
 
@@ -118,8 +96,8 @@ static int hp_fail(hipError_t e, const char *call, char *err, size_t errlen)
 
 #define HP_TRY(call, name)                                                                     \
 	do {                                                                                   \
-		hipError_t e_ = (call);                                                        \
-		if (e_ != hipSuccess)                                                          \
+		gd_hipError_t e_ = (call);                                                     \
+		if (e_ != gd_hipSuccess)                                                       \
 			return hp_fail(e_, name, err, errlen);                                 \
 	} while (0)
 
@@ -127,11 +105,11 @@ static int hp_fail(hipError_t e, const char *call, char *err, size_t errlen)
 static int hp_devices(int *count, char *detail, size_t len)
 {
 	int v = hp.runtime_version, drv = 0;
-	hipError_t e;
+	gd_hipError_t e;
 
 	*count = 0;
 	e = hp.hipGetDeviceCount(count);
-	if (e != hipSuccess) {
+	if (e != gd_hipSuccess) {
 		*count = 0;
 		gd_say(detail, len, "HIP runtime %d.%d (%s): %s", v / 10000000,
 			 v / 100000 % 100, hp.libname, hp.hipGetErrorString(e));
@@ -162,7 +140,7 @@ static void hp_dev_free(void *ptr)
 
 static int hp_ipc_handle(void *ptr, unsigned char out[GD_IPC_BYTES], char *err, size_t errlen)
 {
-	hipIpcMemHandle_t h;
+	gd_hipIpcMemHandle_t h;
 
 	HP_TRY(hp.hipIpcGetMemHandle(&h, ptr), "hipIpcGetMemHandle");
 	memcpy(out, &h, GD_IPC_BYTES);
@@ -171,7 +149,7 @@ static int hp_ipc_handle(void *ptr, unsigned char out[GD_IPC_BYTES], char *err, 
 
 static int hp_host_alloc(void **ptr, size_t bytes, char *err, size_t errlen)
 {
-	HP_TRY(hp.hipHostMalloc(ptr, bytes, hipHostMallocPortable), "hipHostMalloc");
+	HP_TRY(hp.hipHostMalloc(ptr, bytes, gd_hipHostMallocPortable), "hipHostMalloc");
 	return 0;
 }
 
@@ -182,35 +160,35 @@ static void hp_host_free(void *ptr)
 
 static int hp_stream_create(void **stream, char *err, size_t errlen)
 {
-	hipStream_t s;
+	gd_hipStream_t s;
 
-	HP_TRY(hp.hipStreamCreateWithFlags(&s, hipStreamNonBlocking), "hipStreamCreateWithFlags");
+	HP_TRY(hp.hipStreamCreateWithFlags(&s, gd_hipStreamNonBlocking), "hipStreamCreateWithFlags");
 	*stream = s;
 	return 0;
 }
 
 static void hp_stream_destroy(void *stream)
 {
-	hp.hipStreamDestroy((hipStream_t)stream);
+	hp.hipStreamDestroy((gd_hipStream_t)stream);
 }
 
 static int hp_h2d_async(void *dst, const void *src, size_t n, void *stream, char *err,
 			size_t errlen)
 {
-	HP_TRY(hp.hipMemcpyAsync(dst, src, n, hipMemcpyHostToDevice, (hipStream_t)stream),
+	HP_TRY(hp.hipMemcpyAsync(dst, src, n, gd_hipMemcpyHostToDevice, (gd_hipStream_t)stream),
 	       "hipMemcpyAsync");
 	return 0;
 }
 
 static int hp_stream_sync(void *stream, char *err, size_t errlen)
 {
-	HP_TRY(hp.hipStreamSynchronize((hipStream_t)stream), "hipStreamSynchronize");
+	HP_TRY(hp.hipStreamSynchronize((gd_hipStream_t)stream), "hipStreamSynchronize");
 	return 0;
 }
 
 static int hp_d2h(void *dst, const void *src, size_t n, char *err, size_t errlen)
 {
-	HP_TRY(hp.hipMemcpy(dst, src, n, hipMemcpyDeviceToHost), "hipMemcpy");
+	HP_TRY(hp.hipMemcpy(dst, src, n, gd_hipMemcpyDeviceToHost), "hipMemcpy");
 	return 0;
 }
 

@@ -85,6 +85,133 @@ def test_missing_runtime_is_a_report_not_a_failure():
     assert lines[2] == "host 1 /dev/shm"
 
 
+# ---- building without GPU headers, and the check of our declarations against them ----
+
+GPU_SOURCES = sorted(f for f in os.listdir(os.path.join(ROOT, "gpu_direct")) if f.endswith(".c"))
+CFLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"]
+CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+
+
+def _system_include_dirs():
+    out = subprocess.run(["cc", "-E", "-Wp,-v", "-x", "c", os.devnull], capture_output=True,
+                         text=True, check=True).stderr
+    lines = out.split("#include <...> search starts here:\n", 1)[1].split("End of search")[0]
+    return [line.strip() for line in lines.splitlines() if line.strip()]
+
+
+def _include_dirs_without_gpu_headers(tmp_path):
+    """The compiler's own include path, but with every GPU header out of it: each directory
+    that holds a hip/ (Debian's libamdhip64-dev puts it in /usr/include) or a CUDA header is
+    replaced by a copy made of links to everything else in it."""
+    args = ["-nostdinc"]
+    for i, d in enumerate(_system_include_dirs()):
+        entries = os.listdir(d) if os.path.isdir(d) else []
+        hidden = {"hip", "cuda_runtime_api.h", "cuda.h", "cufile.h", "driver_types.h"}
+        if hidden & set(entries):
+            shadow = tmp_path / ("include%d" % i)
+            shadow.mkdir()
+            for e in entries:
+                if e not in hidden:
+                    os.symlink(os.path.join(d, e), shadow / e)
+            d = str(shadow)
+        args += ["-isystem", d]
+    return args
+
+
+def test_gpu_backends_build_without_any_gpu_header(tmp_path):
+    """The make rules for every gpu_direct object, with no CUDA toolkit (CUDA_HOME points
+    nowhere) and no HIP header anywhere on the compiler's path: the backends compile from
+    gpu_direct's own declarations."""
+    hide = _include_dirs_without_gpu_headers(tmp_path)
+    probe = tmp_path / "probe.c"
+    probe.write_text("#if __has_include(<hip/hip_runtime_api.h>) || __has_include(<cuda.h>) || "
+                     "__has_include(<cuda_runtime_api.h>)\n#error a GPU header is visible\n#endif\n"
+                     "int probe;\n")
+    p = subprocess.run(["cc"] + hide + ["-c", str(probe), "-o", str(tmp_path / "probe.o")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr  # else this test would prove nothing
+    build = tmp_path / "build"
+    objects = [str(build / "gpu_direct" / f.replace(".c", ".o")) for f in GPU_SOURCES]
+    p = subprocess.run(["make", "-C", ROOT, "--no-print-directory", "-j4", "BUILD=%s" % build,
+                        "CUDA_HOME=/nonexistent", "HIP_PATH=", "CC=cc " + " ".join(hide)]
+                       + objects, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for o in objects:
+        assert os.path.getsize(o) > 0, o
+    # The backends are really there, not compiled out.
+    assert "gd_cuda_runtime" in _symbols(str(build / "gpu_direct" / "cuda.o"))
+    assert "gd_hip_runtime" in _symbols(str(build / "gpu_direct" / "hip.o"))
+
+
+def _hip_header_found():
+    p = subprocess.run(["cc", "-D__HIP_PLATFORM_AMD__", "-E", "-x", "c", "-"],
+                       input="#include <hip/hip_runtime_api.h>\n", capture_output=True, text=True)
+    return p.returncode == 0
+
+
+# (which check file, the text in our header changed, what it becomes, the name the build names)
+DRIFTS = [
+    ("cuda", "gd_cudaMemcpyDeviceToHost = 2", "gd_cudaMemcpyDeviceToHost = 3",
+     "cudaMemcpyDeviceToHost: cuda_abi.h differs"),
+    ("cuda", "gd_cudaErrorNoDevice = 100", "gd_cudaErrorNoDevice = 110",
+     "cudaErrorNoDevice: cuda_abi.h differs"),
+    ("cuda", "#define gd_cudaHostAllocPortable 0x01", "#define gd_cudaHostAllocPortable 0x02",
+     "cudaHostAllocPortable: cuda_abi.h differs"),
+    ("cuda", "char reserved[gd_CUDA_IPC_HANDLE_SIZE];", "char reserved[gd_CUDA_IPC_HANDLE_SIZE];"
+     " int extra;", "cudaIpcMemHandle_t: cuda_abi.h differs"),
+    ("cuda", "(void **devPtr, size_t size)", "(void **devPtr, unsigned size)",
+     "cudaMalloc: the prototype in cuda_abi.h differs"),
+    ("cuda", "typedef struct CUstream_st *gd_cudaStream_t;", "typedef void *gd_cudaStream_t;",
+     "cudaStream_t: cuda_abi.h differs"),
+    ("cuda", "gd_cudaSuccess = 0,", "gd_cudaSuccess = 0, gd_cudaNegative = -1,",
+     "cudaError_t: cuda_abi.h differs"),
+    ("hip", "gd_hipErrorNotSupported = 801", "gd_hipErrorNotSupported = 802",
+     "hipErrorNotSupported: hip_abi.h differs"),
+    ("hip", "size_t sizeBytes, gd_hipMemcpyKind kind))", "size_t sizeBytes, int kind))",
+     "hipMemcpy: the prototype in hip_abi.h differs"),
+    ("hip", "X(const char *, hipGetErrorString", "X(char *, hipGetErrorString",
+     "hipGetErrorString: the prototype in hip_abi.h differs"),
+]
+
+
+def _compile_check(tmp_path, which, old=None, new=None):
+    src = tmp_path / "gpu_direct"
+    shutil.copytree(os.path.join(ROOT, "gpu_direct"), src)
+    header = src / ("%s_abi.h" % which)
+    if old is not None:
+        text = header.read_text()
+        assert text.count(old) == 1, old  # the alteration must apply to exactly one place
+        header.write_text(text.replace(old, new))
+    return subprocess.run(["cc"] + CFLAGS + ["-I" + CUDA_INCLUDE, "-c",
+                                             str(src / ("%s_abi_check.c" % which)),
+                                             "-o", str(tmp_path / "check.o")],
+                          capture_output=True, text=True)
+
+
+def _need_real_header(which):
+    if which == "cuda" and not os.path.exists(os.path.join(CUDA_INCLUDE, "cuda_runtime_api.h")):
+        pytest.skip("no CUDA toolkit headers under %s" % CUDA_INCLUDE)
+    if which == "hip" and not _hip_header_found():
+        pytest.skip("no hip/hip_runtime_api.h")
+
+
+@pytest.mark.parametrize("which", ["cuda", "hip"])
+def test_abi_declarations_match_the_real_headers(tmp_path, which):
+    _need_real_header(which)
+    p = _compile_check(tmp_path, which)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("which,old,new,message", DRIFTS, ids=[d[3].split(":")[0] for d in DRIFTS])
+def test_abi_drift_breaks_the_build(tmp_path, which, old, new, message):
+    """Where the real header is found, a value, type or prototype of ours that differs from
+    it stops the compile, naming what drifted."""
+    _need_real_header(which)
+    p = _compile_check(tmp_path, which, old, new)
+    assert p.returncode != 0, "the drift went unnoticed: %s -> %s" % (old, new)
+    assert message in p.stderr, p.stderr
+
+
 # ---- the client ----
 
 def _serve_once(sock, reply_chunks, got):
