@@ -155,6 +155,8 @@ static int collect_files(struct st_index *ix, char *err)
 {
 	const char *s = ix->strings;
 
+	if (ix->n_entries == 0)
+		return 0; /* qsort_r of no array is undefined (entries is NULL) */
 	qsort_r(ix->entries, ix->n_entries, sizeof(*ix->entries), by_name, ix->strings);
 	for (size_t i = 1; i < ix->n_entries; i++)
 		if (by_name(&ix->entries[i - 1], &ix->entries[i], ix->strings) == 0) {
