@@ -269,6 +269,7 @@ int main(int argc, char *argv[])
 	free(fs.opt.gpu);
 	free(fs.opt.spin_us_arg);
 	free(fs.opt.max_threads_arg);
+	free(fs.opt.max_upload_arg);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);
