@@ -143,7 +143,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	i = tree_lookup(&fs->tree, (uint32_t)(parent - 1), name, strlen(name));
 	if (i < 0 && (i = v = view_lookup_hold(fs, (uint32_t)(parent - 1), name, VIEW_REF)) >= 0)
-		i += (long)fs->tree.n_nodes; /* a real entry of that name wins, as CONTRACT.md says */
+		i += (long)fs->tree.n_nodes; /* a real entry of that name wins, as docs/CONTRACT.md says */
 	if (i == -1 || i == -ENOENT) {
 		/* A cached negative entry: the name cannot appear later. */
 		memset(&e, 0, sizeof(e));

@@ -1,5 +1,5 @@
 /*
- * Views of a tensor (CONTRACT.md, "Views"): slices, dtype conversion and
+ * Views of a tensor (docs/CONTRACT.md, "Views"): slices, dtype conversion and
  * .npy files, named by suffixes of the tensor's name.  This module parses the
  * names, plans the bytes a view holds and produces them from a reader of the
  * tensor's raw bytes; it knows nothing of FUSE or of the safetensors header.

@@ -1,4 +1,4 @@
-/* Extended attributes: the values of CONTRACT.md's table, built on demand. */
+/* Extended attributes: the values of docs/CONTRACT.md's table, built on demand. */
 #ifndef FS_XATTR_H
 #define FS_XATTR_H
 

@@ -58,7 +58,7 @@ def test_root_dot_files(mounted):
     names = os.listdir(mounted.root)
     assert len(names) == len(set(names))
     dot = {n for n in names if n.startswith(".")}
-    # .control is still listed (CONTRACT: it should not be); it is the only other dot-file.
+    # .control is still listed (docs/CONTRACT.md says it should not be); it is the only other dot-file.
     assert dot == set(util.RESERVED + util.FUTURE_RESERVED)
     assert os.stat(mounted.root / ".control").st_mode & 0o777 == 0o600
 

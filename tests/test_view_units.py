@@ -1,4 +1,4 @@
-"""Views (CONTRACT.md, "Views") checked against NumPy and ml_dtypes.
+"""Views (docs/CONTRACT.md, "Views") checked against NumPy and ml_dtypes.
 
 Drives build/test_view (tests/c/test_view.c): its `convert`, `read` and
 `parse` modes run fs/convert.c, fs/view.c and fs/npy.c on bytes from here, and
