@@ -10,6 +10,7 @@
 #include "../gpu_direct/gpu.h"
 #include "../parser/json_out.h"
 #include "fs.h"
+#include "loop.h"
 
 #define MAX_LINE (1 << 20)
 /* Unfinished lines over all sessions: 2000 sessions at MAX_LINE each would be 2 GB. */
@@ -27,11 +28,29 @@ struct item {
 	uint64_t src, nbytes, dst;
 };
 
+/* Whom a command runs for: a long one gives up when that request is interrupted (its
+ * caller was killed, say) or the daemon is stopping, so SIGTERM need not wait for it. */
+struct caller {
+	struct fs *fs;
+	fuse_req_t req; /* or NULL */
+};
+
 struct items {
 	struct item *v;
 	size_t n, cap;
 	char *seen; /* per tree node: already taken */
+	const struct caller *caller;
 };
+
+/* Why a command should stop now, or NULL to go on. */
+static const char *gave_up(const struct caller *c)
+{
+	if (c->fs->se && fuse_session_exited(c->fs->se))
+		return "the daemon is stopping";
+	if (c->req && fuse_req_interrupted(c->req))
+		return "interrupted";
+	return NULL;
+}
 
 /* Half the RAM, as tmpfs sizes /dev/shm by default: host buffers live there, and past it
  * the copies would fail half-way anyway; device memory is bounded by the device itself. */
@@ -73,49 +92,78 @@ int control_init(struct control *c, const char *default_device, const char *max_
 	return -pthread_mutex_init(&c->lock, NULL);
 }
 
+static void session_free(struct control_session *s);
+
 void control_free(struct control *c)
 {
+	while (c->sessions)
+		session_free(c->sessions); /* the kernel sends no RELEASE once the mount is gone */
 	for (size_t i = 0; i < c->n; i++)
 		gpu_free(c->bufs[i].buf);
 	free(c->bufs);
 	pthread_mutex_destroy(&c->lock);
 }
 
-struct control_session *control_open(void)
+struct control_session *control_open(struct control *c)
 {
 	struct control_session *s = calloc(1, sizeof(*s));
 
-	if (s && pthread_mutex_init(&s->lock, NULL) != 0) {
+	if (!s)
+		return NULL;
+	if (pthread_mutex_init(&s->lock, NULL) != 0) {
 		free(s);
 		return NULL;
 	}
+	if (pthread_mutex_init(&s->running, NULL) != 0) {
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+		return NULL;
+	}
+	s->owner = c;
+	pthread_mutex_lock(&c->lock);
+	s->next = c->sessions;
+	if (c->sessions)
+		c->sessions->prev = s;
+	c->sessions = s;
+	pthread_mutex_unlock(&c->lock);
 	return s;
 }
 
-/* The session's unfinished line goes: its bytes no longer count against the total. */
-static void drop_input(struct control_session *s)
+/* Bytes of queued input given back to the sessions' total. */
+static void unaccount(struct control *c, size_t bytes)
 {
-	if (s->owner && s->in_cap) {
-		pthread_mutex_lock(&s->owner->lock);
-		s->owner->pending_in -= s->in_cap;
-		pthread_mutex_unlock(&s->owner->lock);
+	if (bytes) {
+		pthread_mutex_lock(&c->lock);
+		c->pending_in -= bytes;
+		pthread_mutex_unlock(&c->lock);
 	}
+}
+
+static void session_free(struct control_session *s)
+{
+	struct control *c = s->owner;
+
+	unaccount(c, s->in_cap);
+	pthread_mutex_lock(&c->lock);
+	*(s->prev ? &s->prev->next : &c->sessions) = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	pthread_mutex_unlock(&c->lock);
 	free(s->in);
-	s->in = NULL;
-	s->in_len = s->in_cap = 0;
+	free(s->out);
+	pthread_mutex_destroy(&s->running);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
 }
 
 void control_close(struct control_session *s)
 {
-	if (s) {
-		drop_input(s);
-		free(s->out);
-		pthread_mutex_destroy(&s->lock);
-		free(s);
-	}
+	if (s)
+		session_free(s);
 }
 
-size_t control_read(struct control_session *s, char *buf, size_t size)
+/* Copies reply bytes already run; all read, the replies go before the close does. */
+static size_t copy_out(struct control_session *s, char *buf, size_t size)
 {
 	pthread_mutex_lock(&s->lock);
 	size_t n = s->out_len - s->out_off < size ? s->out_len - s->out_off : size;
@@ -124,7 +172,6 @@ size_t control_read(struct control_session *s, char *buf, size_t size)
 		memcpy(buf, s->out + s->out_off, n);
 	s->out_off += n;
 	if (s->out_off == s->out_len) {
-		/* All read: the replies need not wait for the close. */
 		free(s->out);
 		s->out = NULL;
 		s->out_len = s->out_off = s->out_cap = 0;
@@ -243,6 +290,10 @@ static int add_glob(const struct fs *fs, struct items *it, const char *pattern)
 	int rc = 0, matched = 0;
 
 	for (uint32_t i = 1; i < fs->tree.n_nodes && !rc; i++) {
+		if (i % 256 == 0 && gave_up(it->caller)) {
+			rc = -EINTR;
+			break;
+		}
 		if (fs->tree.nodes[i].kind != NODE_TENSOR && fs->tree.nodes[i].kind != NODE_DIR)
 			continue;
 		const char *path = path_of(fs, i, &buf, &cap);
@@ -557,10 +608,11 @@ static int upload(struct fs *fs, struct items *it, enum gpu_kind kind, int dev, 
 	return 0;
 }
 
-static void run_upload(struct fs *fs, char *args, struct jout *j)
+static void run_upload(const struct caller *caller, char *args, struct jout *j)
 {
-	struct items it = {.seen = calloc(fs->tree.n_nodes, 1)};
-	const char *dev = NULL;
+	struct fs *fs = caller->fs;
+	struct items it = {.seen = calloc(fs->tree.n_nodes, 1), .caller = caller};
+	const char *dev = NULL, *stop;
 	char why[256] = "", *save = NULL;
 	enum gpu_kind kind;
 	int index, rc = it.seen ? 0 : -ENOMEM, patterns = 0;
@@ -573,7 +625,7 @@ static void run_upload(struct fs *fs, char *args, struct jout *j)
 		patterns++;
 		while (*w == '/')
 			w++;
-		rc = add_path(fs, &it, w, why, sizeof(why));
+		rc = gave_up(caller) ? -EINTR : add_path(fs, &it, w, why, sizeof(why));
 		if (rc == 1 && strpbrk(w, "*?["))
 			rc = add_glob(fs, &it, w);
 		if (rc == 1) {
@@ -581,6 +633,8 @@ static void run_upload(struct fs *fs, char *args, struct jout *j)
 			rc = -ENOENT;
 		}
 	}
+	if (rc == -EINTR && (stop = gave_up(caller)))
+		snprintf(why, sizeof(why), "upload stopped: %s", stop);
 	if (!rc && !patterns) {
 		snprintf(why, sizeof(why), "usage: upload [device=DEV] PATTERN...");
 		rc = -EINVAL;
@@ -645,8 +699,9 @@ static void run_list(struct control *c, struct jout *j)
 	jout_end(j, '}');
 }
 
-static void run_line(struct fs *fs, char *line, struct jout *j)
+static void run_line(const struct caller *caller, char *line, struct jout *j)
 {
+	struct control *c = &caller->fs->control;
 	char *save = NULL, *cmd = strtok_r(line, " \t", &save);
 	char *rest = save ? save : (char *)"";
 
@@ -655,11 +710,11 @@ static void run_line(struct fs *fs, char *line, struct jout *j)
 	else if (strcmp(cmd, "backends") == 0)
 		reply_backends(j);
 	else if (strcmp(cmd, "upload") == 0)
-		run_upload(fs, rest, j);
+		run_upload(caller, rest, j);
 	else if (strcmp(cmd, "free") == 0)
-		run_free(&fs->control, strtok_r(NULL, " \t", &save), j);
+		run_free(c, strtok_r(NULL, " \t", &save), j);
 	else if (strcmp(cmd, "list") == 0)
-		run_list(&fs->control, j);
+		run_list(c, j);
 	else
 		reply_error(j, "unknown command (backends, upload, free, list)");
 }
@@ -667,109 +722,196 @@ static void run_line(struct fs *fs, char *line, struct jout *j)
 /* Appends reply `j` to what the session has for reading; read replies are gone already. */
 static int queue_reply(struct control_session *s, struct jout *j)
 {
+	int rc = 0;
+
 	if (j->failed)
 		return -ENOMEM;
+	pthread_mutex_lock(&s->lock);
 	if (st_reserve(&s->out, &s->out_cap, s->out_len + j->len, 1))
-		return -ENOMEM;
-	memcpy(s->out + s->out_len, j->p, j->len);
-	s->out_len += j->len;
+		rc = -ENOMEM;
+	else {
+		memcpy(s->out + s->out_len, j->p, j->len);
+		s->out_len += j->len;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/*
+ * Queued input, each line a tag and its text and '\n':
+ *   'L' text   a command line, run when its turn comes;
+ *   'X'        a line that passed MAX_LINE, answered with one error in its turn.
+ * The tag keeps the error in order with the replies around it, whatever bytes a line holds.
+ */
+#define TAG_LINE 'L'
+#define TAG_TOO_LONG 'X'
+
+/* Room for `extra` more input bytes, within MAX_PENDING_IN over all sessions. */
+static int reserve_input(struct control_session *s, size_t extra)
+{
+	struct control *c = s->owner;
+	size_t cap = s->in_cap, need = s->in_len + extra, grow;
+	int rc = 0;
+
+	if (need <= cap)
+		return 0;
+	grow = need < 2 * cap ? 2 * cap : need;
+	pthread_mutex_lock(&c->lock);
+	if (grow > need && c->pending_in + (grow - cap) > MAX_PENDING_IN)
+		grow = need; /* near the bound: no spare room */
+	if (c->pending_in + (grow - cap) > MAX_PENDING_IN)
+		rc = -ENOBUFS;
+	else
+		c->pending_in += grow - cap;
+	pthread_mutex_unlock(&c->lock);
+	char *in = rc ? NULL : realloc(s->in, grow);
+	if (!rc && !in) {
+		unaccount(c, grow - cap);
+		rc = -ENOMEM;
+	}
+	if (rc)
+		return rc;
+	s->in = in;
+	s->in_cap = grow;
 	return 0;
 }
 
-static int run_and_reply(struct fs *fs, struct control_session *s, char *line, const char *error)
+/* One stretch of written bytes up to (not including) a newline, or the rest; `line_end`
+ * says whether a newline follows.  Each byte is looked at once: linear in what is written. */
+static int take_piece(struct control_session *s, const char *data, size_t len, int line_end)
 {
-	struct jout j = {0};
 	int rc;
 
-	if (error)
-		reply_error(&j, error);
-	else
-		run_line(fs, line, &j);
-	jout_end(&j, '\n');
-	rc = queue_reply(s, &j);
-	jout_free(&j);
-	return rc;
-}
-
-/* Adds `len` bytes to the unfinished line, within MAX_LINE and the sessions' total.
- * 1 when the line passed MAX_LINE (dropped), -ENOBUFS past the total. */
-static int take_input(struct control *c, struct control_session *s, const char *data, size_t len)
-{
-	size_t cap = s->in_cap, need = s->in_len + len + 1;
-	int rc = 0;
-
-	if (s->in_len + len > MAX_LINE)
-		return 1;
-	if (need > cap) {
-		size_t grow = need < 2 * cap ? 2 * cap : need;
-		grow = grow > MAX_LINE + 1 ? MAX_LINE + 1 : grow;
-		pthread_mutex_lock(&c->lock);
-		if (c->pending_in + (grow - cap) > MAX_PENDING_IN)
-			rc = -ENOBUFS;
-		else
-			c->pending_in += grow - cap;
-		pthread_mutex_unlock(&c->lock);
-		char *in = rc ? NULL : realloc(s->in, grow);
-		if (!rc && !in) {
-			pthread_mutex_lock(&c->lock);
-			c->pending_in -= grow - cap;
-			pthread_mutex_unlock(&c->lock);
-			rc = -ENOMEM;
-		}
-		if (rc)
-			return rc;
-		s->in = in;
-		s->in_cap = grow;
+	if (s->skipping) {
+		s->skipping = !line_end;
+		return 0;
 	}
+	if (!s->in_line) {
+		if ((rc = reserve_input(s, 1)) < 0)
+			return rc;
+		s->line_start = s->in_len;
+		s->in[s->in_len++] = TAG_LINE;
+		s->in_line = 1;
+	}
+	if (s->in_len - s->line_start - 1 + len > MAX_LINE) {
+		/* One reply for the line, then the session goes on at the next newline. */
+		s->in_len = s->line_start;
+		if ((rc = reserve_input(s, 2)) < 0)
+			return rc;
+		s->in[s->in_len++] = TAG_TOO_LONG;
+		s->in[s->in_len++] = '\n';
+		s->in_line = 0;
+		s->skipping = !line_end;
+		return 0;
+	}
+	if ((rc = reserve_input(s, len + 1)) < 0)
+		return rc;
 	memcpy(s->in + s->in_len, data, len);
 	s->in_len += len;
-	s->in[s->in_len] = '\0';
+	if (line_end) {
+		s->in[s->in_len++] = '\n';
+		s->in_line = 0;
+	}
 	return 0;
 }
 
-/* One stretch of `data` up to (not including) a newline, or the rest; `line_end` says
- * whether a newline follows.  Each byte is looked at once: linear in what is written. */
-static int take_piece(struct fs *fs, struct control_session *s, const char *data, size_t len, int line_end)
-{
-	int rc = 0;
-
-	if (!s->skipping) {
-		rc = take_input(&fs->control, s, data, len);
-		if (rc == 1) {
-			/* One reply for the line, then the session goes on at the next newline. */
-			drop_input(s);
-			s->skipping = 1;
-			rc = run_and_reply(fs, s, NULL, "line longer than 1 MiB: dropped up to its newline");
-		}
-	}
-	if (rc || !line_end)
-		return rc;
-	if (s->skipping) {
-		s->skipping = 0;
-		return 0;
-	}
-	char empty[1] = "";
-	rc = run_and_reply(fs, s, s->in ? s->in : empty, NULL);
-	s->in_len = 0;
-	if (s->in_cap > 4096)
-		drop_input(s); /* a large line's buffer is not kept for the next */
-	return rc;
-}
-
-int control_write(struct fs *fs, struct control_session *s, const char *data, size_t len)
+int control_write(struct control_session *s, const char *data, size_t len)
 {
 	int rc = 0;
 
 	pthread_mutex_lock(&s->lock);
-	s->owner = &fs->control;
 	while (!rc && len) {
 		const char *nl = memchr(data, '\n', len);
 		size_t piece = nl ? (size_t)(nl - data) : len;
-		rc = take_piece(fs, s, data, piece, nl != NULL);
+		rc = take_piece(s, data, piece, nl != NULL);
 		piece += nl != NULL;
 		data += piece;
 		len -= piece;
 	}
 	pthread_mutex_unlock(&s->lock);
 	return rc;
+}
+
+/* The complete queued lines, taken out of the session (the unfinished one stays).
+ * `*accounted`: bytes of the total to give back once they are run. */
+static char *take_queued(struct control_session *s, size_t *len, size_t *accounted)
+{
+	size_t done = s->in_line ? s->line_start : s->in_len;
+	char *batch;
+
+	*len = done;
+	*accounted = 0;
+	if (!done)
+		return NULL;
+	if (done == s->in_len) {
+		/* The common case, whole lines only: the buffer itself, and a large one is
+		 * not kept for the next line. */
+		batch = s->in;
+		*accounted = s->in_cap;
+		s->in = NULL;
+		s->in_len = s->in_cap = 0;
+		return batch;
+	}
+	if (!(batch = malloc(done)))
+		return NULL;
+	memcpy(batch, s->in, done);
+	memmove(s->in, s->in + done, s->in_len - done);
+	s->in_len -= done;
+	s->line_start -= done;
+	return batch;
+}
+
+/* Runs the lines queued so far, each reply queued as soon as it is made. */
+static int run_queued(struct fs *fs, struct control_session *s, fuse_req_t req)
+{
+	const struct caller caller = {fs, req};
+	size_t len, accounted;
+	char *batch;
+	int rc = 0;
+
+	pthread_mutex_lock(&s->running);
+	pthread_mutex_lock(&s->lock);
+	batch = take_queued(s, &len, &accounted);
+	pthread_mutex_unlock(&s->lock);
+	if (len && !batch)
+		rc = -ENOMEM;
+	if (batch)
+		loop_step_aside(fs->loop); /* commands can be slow: others' requests are read meanwhile */
+	for (size_t at = 0; batch && at < len && !rc;) {
+		char *line = batch + at, *nl = memchr(line, '\n', len - at);
+		const char *stop = gave_up(&caller);
+		struct jout j = {0};
+		char why[64];
+
+		*nl = '\0';
+		at = (size_t)(nl - batch) + 1;
+		if (line[0] == TAG_TOO_LONG) {
+			reply_error(&j, "line longer than 1 MiB: dropped up to its newline");
+		} else if (stop) {
+			snprintf(why, sizeof(why), "not run: %s", stop);
+			reply_error(&j, why);
+		} else {
+			run_line(&caller, line + 1, &j);
+		}
+		jout_end(&j, '\n');
+		rc = queue_reply(s, &j);
+		jout_free(&j);
+	}
+	free(batch);
+	unaccount(s->owner, accounted);
+	pthread_mutex_unlock(&s->running);
+	return rc;
+}
+
+ssize_t control_read(struct fs *fs, struct control_session *s, fuse_req_t req, char *buf, size_t size)
+{
+	int rc = run_queued(fs, s, req);
+	size_t n = copy_out(s, buf, size);
+
+	return n || !rc ? (ssize_t)n : rc;
+}
+
+void control_flush(struct fs *fs, struct control_session *s, fuse_req_t req)
+{
+	(void)run_queued(fs, s, req);
 }

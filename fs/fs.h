@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 struct fuse_conn_info_opts;
+struct fuse_session;
 
 #include "source.h"
 #include "tree.h"
@@ -51,6 +52,7 @@ struct fs {
 	int control_ready;
 	struct bufpool replies; /* the buffers of replies the daemon fills itself */
 	struct loop *loop;      /* the polling request loop while it runs, for loop_step_aside */
+	struct fuse_session *se; /* while mounted: long /.control commands stop when it has exited */
 	int replies_ready;
 	int views_ready;
 };

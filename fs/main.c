@@ -171,6 +171,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	se = fuse_session_new(args, &fs_ops, sizeof(fs_ops), fs);
 	if (!se)
 		return 1;
+	fs->se = se;
 	if (fuse_set_signal_handlers(se) == 0) {
 		if (fuse_session_mount(se, fs->mountpoint_fd_path[0] ? fs->mountpoint_fd_path : cmd->mountpoint) == 0) {
 			fuse_daemonize(cmd->foreground);
@@ -179,6 +180,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		}
 		fuse_remove_signal_handlers(se);
 	}
+	fs->se = NULL;
 	fuse_session_destroy(se);
 	return rc;
 }

@@ -339,7 +339,7 @@ static void open_control(fuse_req_t req, struct fuse_file_info *fi)
 		fuse_reply_err(req, EACCES);
 		return;
 	}
-	if (!(s = control_open())) {
+	if (!(s = control_open(&fs_of(req)->control))) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -360,11 +360,21 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	rc = control_write(fs_of(req), (struct control_session *)(uintptr_t)fi->fh, data, size);
+	rc = control_write((struct control_session *)(uintptr_t)fi->fh, data, size);
 	if (rc < 0)
 		fuse_reply_err(req, -rc);
 	else
 		fuse_reply_write(req, size);
+}
+
+/* Only /.control has anything to do at close: the commands it has queued. */
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	const struct node *n = node_of(fs_of(req), ino);
+
+	if (n && n->kind == NODE_CONTROL)
+		control_flush(fs_of(req), (struct control_session *)(uintptr_t)fi->fh, req);
+	fuse_reply_err(req, 0);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -677,8 +687,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
-		size_t got = control_read((struct control_session *)(uintptr_t)fi->fh, buf, size);
-		fuse_reply_buf(req, buf, got);
+		ssize_t got = control_read(fs, (struct control_session *)(uintptr_t)fi->fh, req, buf, size);
+		if (got < 0)
+			fuse_reply_err(req, (int)-got);
+		else
+			fuse_reply_buf(req, buf, (size_t)got);
 		free(buf);
 		return;
 	}
@@ -830,6 +843,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.open = op_open,
 	.read = op_read,
 	.write = op_write,
+	.flush = op_flush,
 	.release = op_release,
 	.getxattr = op_getxattr,
 	.listxattr = op_listxattr,
