@@ -756,6 +756,7 @@ static int reserve_input(struct control_session *s, size_t extra)
 	if (need <= cap)
 		return 0;
 	grow = need < 2 * cap ? 2 * cap : need;
+	grow = grow < 256 ? 256 : grow;
 	pthread_mutex_lock(&c->lock);
 	if (grow > need && c->pending_in + (grow - cap) > MAX_PENDING_IN)
 		grow = need; /* near the bound: no spare room */
@@ -796,12 +797,12 @@ static int take_piece(struct control_session *s, const char *data, size_t len, i
 	if (s->in_len - s->line_start - 1 + len > MAX_LINE) {
 		/* One reply for the line, then the session goes on at the next newline. */
 		s->in_len = s->line_start;
-		if ((rc = reserve_input(s, 2)) < 0)
-			return rc;
-		s->in[s->in_len++] = TAG_TOO_LONG;
-		s->in[s->in_len++] = '\n';
 		s->in_line = 0;
 		s->skipping = !line_end;
+		if ((rc = reserve_input(s, 2)) < 0)
+			return rc; /* the write fails: no reply for the line */
+		s->in[s->in_len++] = TAG_TOO_LONG;
+		s->in[s->in_len++] = '\n';
 		return 0;
 	}
 	if ((rc = reserve_input(s, len + 1)) < 0)
