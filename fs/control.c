@@ -13,7 +13,7 @@
 #include "loop.h"
 
 #define MAX_LINE (1 << 20)
-/* Unfinished lines over all sessions: 2000 sessions at MAX_LINE each would be 2 GB. */
+/* Queued and unfinished lines over all sessions: 2000 sessions at MAX_LINE each would be 2 GB. */
 #define MAX_PENDING_IN (64u << 20)
 
 /* A slice of a column block is one piece per row: past this many, upload whole tensors. */
@@ -92,12 +92,10 @@ int control_init(struct control *c, const char *default_device, const char *max_
 	return -pthread_mutex_init(&c->lock, NULL);
 }
 
-static void session_free(struct control_session *s);
-
 void control_free(struct control *c)
 {
 	while (c->sessions)
-		session_free(c->sessions); /* the kernel sends no RELEASE once the mount is gone */
+		control_close(c->sessions); /* the kernel sends no RELEASE once the mount is gone */
 	for (size_t i = 0; i < c->n; i++)
 		gpu_free(c->bufs[i].buf);
 	free(c->bufs);
@@ -139,8 +137,10 @@ static void unaccount(struct control *c, size_t bytes)
 	}
 }
 
-static void session_free(struct control_session *s)
+void control_close(struct control_session *s)
 {
+	if (!s)
+		return;
 	struct control *c = s->owner;
 
 	unaccount(c, s->in_cap);
@@ -154,12 +154,6 @@ static void session_free(struct control_session *s)
 	pthread_mutex_destroy(&s->running);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
-}
-
-void control_close(struct control_session *s)
-{
-	if (s)
-		session_free(s);
 }
 
 /* Copies reply bytes already run; all read, the replies go before the close does. */
