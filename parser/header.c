@@ -258,13 +258,142 @@ int st_header_parse_json(const char *json, uint64_t n, uint64_t file_size,
 	return rc;
 }
 
-/* The checks that need only the first 8 bytes and the file's size. */
+/*
+ * Files that get mounted by mistake, told apart by their first bytes so that
+ * the refusal says what the file is instead of quoting a nonsense length.
+ * They are looked for only in a file that its length already refuses (over
+ * ST_MAX_HEADER_LEN, or under 8 bytes): a real or merely truncated
+ * safetensors file has a length of at most 10^8 < 2^27, so none of these
+ * patterns can turn it away or rename its error.  The messages name no file
+ * (not even "config.json" or "model.safetensors"): the caller puts the one
+ * name in front.
+ */
+
+static size_t skip_space(const uint8_t *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* A UTF-8 byte order mark, then whitespace: editors and web servers leave both before text. */
+static size_t skip_bom_space(const uint8_t *p, size_t len)
+{
+	size_t i = len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+
+	return i + skip_space(p + i, len - i);
+}
+
+static bool has_prefix(const uint8_t *p, size_t len, const char *word)
+{
+	return len >= strlen(word) && memcmp(p, word, strlen(word)) == 0;
+}
+
+/* `word` in lower case; HTML tags and the doctype may be written in any case. */
+static bool has_prefix_nocase(const uint8_t *p, size_t len, const char *word)
+{
+	size_t n = strlen(word);
+
+	if (len < n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]) != (uint8_t)word[i])
+			return false;
+	return true;
+}
+
+/* Git LFS pointer spec (git-lfs docs/spec.md): the first line is "version https://git-lfs...". */
+static bool is_lfs(const uint8_t *p, size_t len)
+{
+	return has_prefix(p, len, LFS_MAGIC);
+}
+
+/* ggml docs/gguf.md: uint32 magic 0x46554747, the bytes "GGUF", then the uint32 version. */
+static bool is_gguf(const uint8_t *p, size_t len)
+{
+	return has_prefix(p, len, "GGUF");
+}
+
+/* PKWARE APPNOTE.TXT 4.3.7: a zip starts with a local file header, signature 0x04034b50;
+ * torch.save writes its zip format (archive/data.pkl, archive/data/0, ...) since PyTorch 1.6. */
+static bool is_zip(const uint8_t *p, size_t len)
+{
+	return has_prefix(p, len, "PK\x03\x04");
+}
+
+/* pickletools: protocols 2 and later open with the PROTO opcode 0x80 and the protocol number;
+ * torch.save's legacy format (and _use_new_zipfile_serialization=False) is pickles, protocol 2. */
+static bool is_pickle(const uint8_t *p, size_t len)
+{
+	return len >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5;
+}
+
+/* An error page saved under the weights' name: "<!DOCTYPE html" or "<html", any case. */
+static bool is_html(const uint8_t *p, size_t len)
+{
+	size_t i = skip_bom_space(p, len);
+
+	return has_prefix_nocase(p + i, len - i, "<!doctype html") || has_prefix_nocase(p + i, len - i, "<html");
+}
+
+/* S3, GCS and Azure answer a failed download with an XML body: "<?xml ...?><Error>...". */
+static bool is_xml(const uint8_t *p, size_t len)
+{
+	size_t i = skip_bom_space(p, len);
+
+	return has_prefix(p + i, len - i, "<?xml") || has_prefix(p + i, len - i, "<Error>");
+}
+
+/* A JSON object or array: '{' or '[', then (after whitespace) what can begin its first member. */
+static bool is_json(const uint8_t *p, size_t len)
+{
+	size_t i = skip_bom_space(p, len);
+
+	if (i >= len || (p[i] != '{' && p[i] != '['))
+		return false;
+	const char *next = p[i] == '{' ? "\"}" : "\"{[]-0123456789tfn";
+	i++;
+	i += skip_space(p + i, len - i);
+	return i < len && p[i] != '\0' && strchr(next, p[i]) != NULL;
+}
+
+static const struct wrong_kind {
+	bool (*looks_like)(const uint8_t *p, size_t len);
+	const char *what;
+} wrong_kinds[] = {
+	{is_lfs, "a Git LFS pointer file, not the weights: fetch them with 'git lfs pull'"},
+	{is_gguf, "a GGUF file (llama.cpp's format), not safetensors: mount the model's .safetensors weights"},
+	{is_zip, "a zip archive (a PyTorch .bin/.pt checkpoint?), not safetensors: convert it with "
+		 "safetensors.torch.save_file(torch.load(IN), OUT)"},
+	{is_pickle, "a Python pickle (a legacy PyTorch .bin checkpoint?), not safetensors: convert it with "
+		    "safetensors.torch.save_file(torch.load(IN), OUT)"},
+	{is_html, "an HTML page, not safetensors: the download failed (the server sent an error page)"},
+	{is_xml, "an XML document (a storage service's error reply?), not safetensors: the download failed"},
+	{is_json, "a JSON file, not safetensors weights: name the .safetensors file, its folder or its index"},
+};
+
+/* What the first `len` bytes say the file is, or NULL. */
+static const char *wrong_kind(const uint8_t *head, size_t len)
+{
+	for (size_t i = 0; i < sizeof(wrong_kinds) / sizeof(wrong_kinds[0]); i++)
+		if (wrong_kinds[i].looks_like(head, len))
+			return wrong_kinds[i].what;
+	return NULL;
+}
+
+/* The checks that need only the first bytes (`got` of them) and the file's size. */
 static int check_preamble(const uint8_t *head, size_t got, uint64_t file_size, uint64_t *n,
 			  char err[ST_ERR_LEN])
 {
-	if (got >= strlen(LFS_MAGIC) && memcmp(head, LFS_MAGIC, strlen(LFS_MAGIC)) == 0) {
-		snprintf(err, ST_ERR_LEN,
-			 "a Git LFS pointer file, not the weights: fetch them with 'git lfs pull'");
+	*n = 0;
+	for (int i = 7; i >= 0 && file_size >= 8; i--)
+		*n = (*n << 8) | head[i];
+	/* Only a file its length refuses anyway is named for what it looks like (see above). */
+	const char *kind = file_size < 8 || *n > ST_MAX_HEADER_LEN ? wrong_kind(head, got) : NULL;
+	if (kind) {
+		snprintf(err, ST_ERR_LEN, "%s", kind);
 		return -EINVAL;
 	}
 	if (file_size < 8) {
@@ -272,9 +401,6 @@ static int check_preamble(const uint8_t *head, size_t got, uint64_t file_size, u
 			 (unsigned long long)file_size);
 		return -EINVAL;
 	}
-	*n = 0;
-	for (int i = 7; i >= 0; i--)
-		*n = (*n << 8) | head[i];
 	if (*n > ST_MAX_HEADER_LEN) {
 		snprintf(err, ST_ERR_LEN, "header length %llu at byte 0 exceeds the limit of %llu bytes",
 			 (unsigned long long)*n, ST_MAX_HEADER_LEN);
@@ -320,7 +446,7 @@ int st_pread_exact(int fd, void *buf, size_t len, uint64_t off)
 
 int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
 {
-	uint8_t head[32] = {0};
+	uint8_t head[256] = {0}; /* enough for a BOM and blank lines before "<!DOCTYPE html" */
 	struct stat st;
 	uint64_t n;
 	char *json;

@@ -146,6 +146,86 @@ static void test_preamble(void)
 	      "%s", err);
 }
 
+/* `len` bytes refused with `reason`, and kept on one line. */
+static void refuses_bytes(const void *file, size_t len, const char *reason)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN] = "";
+	int rc = st_header_parse_buffer(file, len, &h, err);
+
+	CHECK(rc < 0 && strstr(err, reason) != NULL, "want \"%s\", got rc %d \"%s\"", reason, rc, err);
+	CHECK(strchr(err, '\n') == NULL, "error has a newline: %s", err);
+	if (rc == 0)
+		st_header_free(&h);
+}
+
+static void refuses_text(const char *text, const char *reason)
+{
+	refuses_bytes(text, strlen(text), reason);
+}
+
+/* Files mounted by mistake are named for what they are, from their first bytes. */
+static void test_wrong_files(void)
+{
+	static const uint8_t gguf[24] = {'G', 'G', 'U', 'F', 3}; /* magic, version 3, no tensors or keys */
+	static const uint8_t torch_zip[64] = {'P', 'K', 3, 4, 0, 0, 8, 8}; /* torch.save's first bytes */
+	static const uint8_t py_zip[64] = {'P', 'K', 3, 4, 20, 0, 0, 0};   /* Python's zipfile */
+	static const uint8_t legacy_torch[16] = {0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20};
+	static const uint8_t pickle4[32] = {0x80, 4, 0x95, 0x20};
+
+	refuses_bytes(gguf, sizeof(gguf), "a GGUF file");
+	refuses_bytes(torch_zip, sizeof(torch_zip), "a zip archive (a PyTorch");
+	refuses_bytes(py_zip, sizeof(py_zip), "a zip archive");
+	refuses_bytes(legacy_torch, sizeof(legacy_torch), "a Python pickle");
+	refuses_bytes(pickle4, sizeof(pickle4), "a Python pickle");
+	refuses_text("<!DOCTYPE html><html><body>404</body></html>", "an HTML page");
+	refuses_text("\xef\xbb\xbf\r\n  <HTML lang=en>", "an HTML page");
+	refuses_text("<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code></Error>", "an XML document");
+	refuses_text("<Error><Code>AccessDenied</Code></Error>", "an XML document");
+	refuses_text("{\n  \"architectures\": [\"LlamaForCausalLM\"]\n}\n", "a JSON file");
+	refuses_text("[1, 2, 3]", "a JSON file");
+	refuses_text("{}", "a JSON file");
+	/* Not one of the kinds: the length's own message stays. */
+	refuses_text("<!-- nothing -->", "exceeds the limit");
+	refuses_text("{x: 1, y: 2}", "exceeds the limit");
+	refuses_text("GGU", "shorter than");
+	refuses_text("PK\x05\x06", "shorter than");
+}
+
+/*
+ * A real file whose length's first bytes spell a wrong kind's magic is read
+ * as safetensors, or refused for what is really wrong with it.
+ */
+static void test_wrong_kinds_never_take_a_real_file(void)
+{
+	struct st_header h;
+	char err[ST_ERR_LEN] = "";
+	static const uint64_t lengths[] = {
+		0x227b, /* "{\"" */ 0x0a7b, /* "{\n" */ 0x225b, /* "[\"" */
+		0x0280, /* PROTO 2 */ 0x0580, /* PROTO 5 */ 0x3c, /* '<' */
+	};
+
+	for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+		size_t n = (size_t)lengths[i], len;
+		char *json = malloc(n + 1);
+		memset(json, ' ', n);
+		memcpy(json, "{}", 2);
+		uint8_t *f = make_file(json, n, 0, &len);
+		int rc = st_header_parse_buffer(f, len, &h, err);
+		CHECK(rc == 0, "length %zu: %s", n, err);
+		if (rc == 0)
+			st_header_free(&h);
+		/* Cut short, it is refused for that, not named a pickle or JSON. */
+		rc = st_header_parse_buffer(f, len - 1, &h, err);
+		CHECK(rc < 0 && strstr(err, "runs past the end"), "length %zu cut short: %s", n, err);
+		free(f);
+		free(json);
+	}
+	/* "PK\3\4" as a length is 67324752, under the limit: a truncated file says so. */
+	static const uint8_t pk[16] = {'P', 'K', 3, 4};
+	refuses_bytes(pk, sizeof(pk), "runs past the end");
+}
+
 static void test_refusals(void)
 {
 	refuses("\xff{}", 0, "not valid UTF-8 at byte 8");
@@ -236,6 +316,8 @@ int main(int argc, char **argv)
 	test_must_accept();
 	test_preamble();
 	test_refusals();
+	test_wrong_files();
+	test_wrong_kinds_never_take_a_real_file();
 	printf("%d passed, %d failed\n", passed, failed);
 	return failed != 0;
 }
