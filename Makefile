@@ -98,9 +98,13 @@ bench:
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	$(shell pkg-config --cflags json-c)
-FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree
+FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree build-fuzz/fuzz_folder
 
 build-fuzz/fuzz_parser: tests/fuzz/fuzz_parser.c $(wildcard parser/*.c parser/*.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
+
+build-fuzz/fuzz_folder: tests/fuzz/fuzz_folder.c fs/folder.c parser/header.c parser/dtype.c parser/validate.c parser/json_walk.c $(wildcard fs/folder.h parser/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
 

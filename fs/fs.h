@@ -23,6 +23,8 @@ struct loop;
 struct fs_options {
 	char *source;
 	char *layout_name;
+	char *variant;          /* -o variant=: *.VARIANT.safetensors, as diffusers picks them */
+	char *read_ahead_kb_arg; /* -o read_ahead_kb= as given */
 	unsigned read_ahead_kb; /* 0: leave the kernel's default */
 	int listviews;          /* readdir lists each tensor's .npy view too */
 	char *gpu;              /* -o gpu=: the default upload device */
@@ -31,6 +33,17 @@ struct fs_options {
 	char *max_upload_arg;   /* -o max_upload= as given: control_init reads it */
 	unsigned spin_us;       /* how long the reader polls before it sleeps */
 	unsigned max_threads;   /* threads that serve requests */
+	char *uid_arg;          /* -o uid=, gid=, umask= as given (sshfs's): what files show */
+	char *gid_arg;
+	char *umask_arg;
+	char *max_read_arg;     /* -o max_read=, max_write=, max_readahead= as given; libfuse */
+	char *max_write_arg;    /* gets them too */
+	char *max_readahead_arg;
+	unsigned max_read;      /* 0: not given */
+	unsigned max_readahead; /* bytes; UINT_MAX: not given */
+	int has_fsname;         /* the user's -o fsname= and subtype= win over ours */
+	int has_subtype;
+	int auto_unmount;       /* mounted by fusermount3, which cannot use the fd path */
 };
 
 struct fs {
@@ -38,8 +51,11 @@ struct fs {
 	enum layout layout;
 	struct source src;
 	struct tree tree;
-	uid_t uid;
+	uid_t uid;              /* the mounting user: /.control's owner, the only one who may open it */
 	gid_t gid;
+	uid_t file_uid;         /* what every other node shows: -o uid=, gid= or the mounting user */
+	gid_t file_gid;
+	mode_t umask_bits;      /* -o umask=: bits cleared from every other node's mode */
 	const char *mountpoint; /* as given: readahead_set finds the mount by it */
 	int mountpoint_fd;      /* the directory checked, and mounted on through its fd path */
 	char mountpoint_fd_path[MOUNTPOINT_FD_PATH_MAX];

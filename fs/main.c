@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sched.h>
 #include <stdio.h>
@@ -27,28 +28,68 @@
 #define SPIN_US_MAX 1000000u
 /* Every thread is started at mount and keeps a 1 MiB request buffer. */
 #define MAX_THREADS_MAX 256u
+/* (uid_t)-1 and (gid_t)-1 are no ids: chown(2) reads them as "leave it". */
+#define ID_MAX 4294967294ul
+/* The kernel reads at least this much at once (max_read), and refuses request buffers under
+ * 8 KiB, which libfuse sizes to max_write and 4 KiB of header. */
+#define MIN_IO 4096ul
+
+/* libfuse's options that are looked at here as well (take_option), or refused. */
+enum { KEY_FSNAME, KEY_SUBTYPE, KEY_AUTO_UNMOUNT, KEY_MAX_READ, KEY_MAX_WRITE, KEY_MAX_READAHEAD, KEY_REFUSED };
 
 #define OPT(t, p) {t, offsetof(struct fs_options, p), 1}
 static const struct fuse_opt option_spec[] = {
 	OPT("layout=%s", layout_name),
-	OPT("read_ahead_kb=%u", read_ahead_kb),
+	OPT("variant=%s", variant),
 	OPT("listviews", listviews),
 	OPT("gpu=%s", gpu),
-	/* As text, so that overflow and signs are caught (%u wraps them silently). */
+	/* Numbers as text, so that overflow and signs are caught (%u wraps -5 to 4294967291). */
+	OPT("read_ahead_kb=%s", read_ahead_kb_arg),
 	OPT("spin_us=%s", spin_us_arg),
 	/* Taken here, not by libfuse, whose parser fills in 10 when it is not given. */
 	OPT("max_threads=%s", max_threads_arg),
 	OPT("max_upload=%s", max_upload_arg),
+	/* sshfs's; libfuse has them only in its high-level API. */
+	OPT("uid=%s", uid_arg),
+	OPT("gid=%s", gid_arg),
+	OPT("umask=%s", umask_arg),
+	/* libfuse's, looked at here too and left for it (take_option) ... */
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
+	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
+	FUSE_OPT_KEY("auto_unmount", KEY_AUTO_UNMOUNT),
+	FUSE_OPT_KEY("max_read=", KEY_MAX_READ),
+	FUSE_OPT_KEY("max_write=", KEY_MAX_WRITE),
+	FUSE_OPT_KEY("max_readahead=", KEY_MAX_READAHEAD),
+	/* ... or refused (refusals). */
+	FUSE_OPT_KEY("blkdev", KEY_REFUSED),
+	FUSE_OPT_KEY("blksize=", KEY_REFUSED),
+	FUSE_OPT_KEY("max_idle_threads=", KEY_REFUSED),
 	FUSE_OPT_END,
 };
 
-static void usage(const char *prog)
+/* libfuse's options that cannot have their effect here, and why (one line each). */
+static const struct {
+	const char *name, *why;
+} refusals[] = {
+	{"blkdev", "SOURCE is a file, not the block device a fuseblk mount needs"},
+	{"blksize", "only for block device mounts (-o blkdev), which this cannot be"},
+	{"max_idle_threads", "not supported: the -o max_threads threads all start at mount and stay"},
+};
+
+/*
+ * Every option once, ours and the FUSE ones checked with this daemon: libfuse's
+ * fuse_cmdline_help() would list max_threads a second time (with its own default,
+ * 10) and max_idle_threads, which is refused here.
+ */
+static void usage(const char *prog, unsigned long reply_max)
 {
 	printf("usage: %s [options] SOURCE MOUNTPOINT\n\n"
 	       "Mounts a .safetensors file, a shard index or a folder of shards as a read-only\ntree of tensor files.\n\n"
 	       "safetensorsfs options:\n"
 	       "    -o layout=tree|flat    tensor a.b.c as a/b/c (tree, default) or as one file\n"
 	       "                           named a.b.c in the root (flat)\n"
+	       "    -o variant=NAME        in a folder, take *.NAME.safetensors (and the index\n"
+	       "                           *.safetensors.index.NAME.json) over the plain files\n"
 	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
@@ -58,10 +99,31 @@ static void usage(const char *prog)
 	       "    -o spin_us=N           after a quick request, poll N microseconds for the next\n"
 	       "                           before sleeping (default %u; 0 on one CPU; 0: never)\n"
 	       "    -o max_threads=N       threads serving requests, 1 to 256 (default: one per\n"
-	       "                           CPU, 4 to 8; libfuse's text below says 10)\n"
+	       "                           CPU, 4 to 8)\n"
 	       "    -o splice_write        splice tensor bytes into replies (default: off;\n"
-	       "                           -o no_splice_write turns it off)\n\n",
-	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US);
+	       "                           -o no_splice_write turns it off)\n"
+	       "    -o uid=N               the owner every file and directory shows, a number\n"
+	       "    -o gid=N               their group, a number (default: the mounting user's)\n"
+	       "    -o umask=M             octal bits cleared from every mode (files 0444,\n"
+	       "                           directories 0555; /.control stays 0600)\n\n"
+	       "FUSE options:\n"
+	       "    -h   --help            print help\n"
+	       "    -V   --version         print version\n"
+	       "    -d   -o debug          enable debug output (implies -f)\n"
+	       "    -f                     foreground operation\n"
+	       "    -s                     serve requests on one thread\n"
+	       "    -o allow_other         allow access by all users\n"
+	       "    -o allow_root          allow access by root\n"
+	       "    -o auto_unmount        unmount when the daemon ends, also when killed\n"
+	       "    -o default_permissions let the kernel check the modes\n"
+	       "    -o fsname=NAME         the source in /proc/mounts (default: SOURCE's path)\n"
+	       "    -o subtype=NAME        the type is fuse.NAME (default: safetensorsfs)\n"
+	       "    -o max_read=N          largest read request, %lu to %lu bytes\n"
+	       "                           (default: %lu)\n"
+	       "    -o ro                  read-only to the kernel too: /.control refuses writes\n"
+	       "The kernel's mount flags (noexec, noatime, ...) and libfuse's connection options\n"
+	       "(max_write=N, max_background=N, splice_read, ...) are in safetensorsfs(1).\n",
+	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US, MIN_IO, reply_max, reply_max);
 }
 
 static void version(void)
@@ -70,35 +132,85 @@ static void version(void)
 	       fuse_pkgversion(), gpu_built_backends());
 }
 
-/* The first non-option is SOURCE; the second is left for fuse_parse_cmdline. */
-static int take_source(void *data, const char *arg, int key, struct fuse_args *outargs)
-{
-	struct fs_options *opt = data;
-
-	(void)outargs;
-	if (key == FUSE_OPT_KEY_NONOPT && !opt->source) {
-		opt->source = strdup(arg);
-		return 0;
-	}
-	return 1;
-}
-
 static int fail(const char *what, const char *why)
 {
 	fprintf(stderr, "safetensorsfs: %s: %s\n", what, why);
 	return 1;
 }
 
-/* "-o fsname=SOURCE,subtype=safetensorsfs", with the commas libfuse splits on escaped. */
-static int add_fsname(struct fuse_args *args, const char *source)
+/* The VALUE of ARG, "NAME=VALUE", into *TEXT; 1 leaves ARG for libfuse, which acts on it. */
+static int note_value(char **text, const char *arg)
+{
+	free(*text);
+	*text = strdup(strchr(arg, '=') + 1);
+	return *text ? 1 : -1;
+}
+
+/* The user's own -o NAME=VALUE (fsname, subtype): 1 leaves it for libfuse, whose mount(2)
+ * would fail on an empty one with EINVAL. */
+static int note_name(int *given, const char *arg, const char *name)
+{
+	*given = 1;
+	return arg[strlen(name) + 1] ? 1 : -fail(name, "must not be empty");
+}
+
+/* Before anything else is looked at, so that nothing is mounted or opened for it. */
+static int refuse(const char *arg)
+{
+	size_t n = strcspn(arg, "=");
+
+	for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+		if (strlen(refusals[i].name) == n && strncmp(arg, refusals[i].name, n) == 0)
+			return -fail(refusals[i].name, refusals[i].why);
+	return -1;
+}
+
+/* The first non-option is SOURCE (the second is left for fuse_parse_cmdline), and the KEY_ options. */
+static int take_option(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct fs_options *opt = data;
+
+	(void)outargs;
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		if (opt->source)
+			return 1;
+		opt->source = strdup(arg);
+		return 0;
+	case KEY_FSNAME:
+		return note_name(&opt->has_fsname, arg, "fsname");
+	case KEY_SUBTYPE:
+		return note_name(&opt->has_subtype, arg, "subtype");
+	case KEY_AUTO_UNMOUNT:
+		opt->auto_unmount = 1;
+		return 1;
+	case KEY_MAX_READ:
+		return note_value(&opt->max_read_arg, arg);
+	case KEY_MAX_WRITE:
+		return note_value(&opt->max_write_arg, arg);
+	case KEY_MAX_READAHEAD:
+		return note_value(&opt->max_readahead_arg, arg);
+	case KEY_REFUSED:
+		return refuse(arg);
+	}
+	return 1;
+}
+
+/* "-o fsname=SOURCE" and "-o subtype=safetensorsfs" where the user gave none, with the commas
+ * libfuse splits on escaped. */
+static int add_fsname(struct fuse_args *args, const struct fs_options *opt, const char *source)
 {
 	size_t n = strlen(source);
-	char *o = malloc(2 * n + 64), *p;
+	char *o, *p;
 	int rc;
 
-	if (!o)
+	if (!opt->has_subtype && fuse_opt_add_arg(args, "-osubtype=safetensorsfs") < 0)
 		return -1;
-	p = o + sprintf(o, "-osubtype=safetensorsfs,fsname=");
+	if (opt->has_fsname)
+		return 0;
+	if (!(o = malloc(2 * n + 16)))
+		return -1;
+	p = o + sprintf(o, "-ofsname=");
 	for (size_t i = 0; i < n; i++) {
 		if (source[i] == ',' || source[i] == '\\')
 			*p++ = '\\';
@@ -121,17 +233,20 @@ static unsigned usable_cpus(void)
 	return online > 0 ? (unsigned)online : 1;
 }
 
-/* A whole decimal number from 0 to MAX, or -1. */
-static long parse_count(const char *text, unsigned long max)
+/* A whole number in BASE (10 or 8), from MIN to MAX, into *OUT: no sign, space or suffix. */
+static bool parse_number(const char *text, int base, unsigned long min, unsigned long max, unsigned long *out)
 {
 	char *end;
 	unsigned long v;
 
 	if (!text || *text < '0' || *text > '9')
-		return -1;
+		return false;
 	errno = 0;
-	v = strtoul(text, &end, 10);
-	return errno || *end || v > max ? -1 : (long)v;
+	v = strtoul(text, &end, base);
+	if (errno || *end || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
 }
 
 /* Threads and reply buffers: one per CPU, 4 to 8 (more fills at once than cores only take turns). */
@@ -143,21 +258,75 @@ static unsigned per_cpu(unsigned cpus)
 /* -o spin_us and -o max_threads, with their defaults by CPU count. */
 static int loop_options(struct fs_options *opt, const struct fuse_cmdline_opts *cmd, unsigned cpus)
 {
-	long v;
+	unsigned long v;
 
 	/* Polling on the only CPU would keep the caller from running. */
 	opt->spin_us = cpus > 1 ? LOOP_DEFAULT_SPIN_US : 0;
 	if (opt->spin_us_arg) {
-		if ((v = parse_count(opt->spin_us_arg, SPIN_US_MAX)) < 0)
+		if (!parse_number(opt->spin_us_arg, 10, 0, SPIN_US_MAX, &v))
 			return fail("spin_us", "must be 0 to 1000000 (microseconds)");
 		opt->spin_us = (unsigned)v;
 	}
 	opt->max_threads = cmd->singlethread ? 1 : per_cpu(cpus);
 	if (opt->max_threads_arg) {
-		if ((v = parse_count(opt->max_threads_arg, MAX_THREADS_MAX)) < 1)
+		if (!parse_number(opt->max_threads_arg, 10, 1, MAX_THREADS_MAX, &v))
 			return fail("max_threads", "must be 1 to 256");
 		if (!cmd->singlethread)
 			opt->max_threads = (unsigned)v;
+	}
+	return 0;
+}
+
+/* -o read_ahead_kb, max_read, max_write and max_readahead: libfuse's %u would take -5. */
+static int size_options(struct fs_options *opt, unsigned long reply_max)
+{
+	unsigned long v;
+	char why[64];
+
+	if (opt->read_ahead_kb_arg) {
+		if (!parse_number(opt->read_ahead_kb_arg, 10, 0, READ_AHEAD_KB_MAX, &v))
+			return fail("read_ahead_kb", "must be 0 to 1048576 (KiB)");
+		opt->read_ahead_kb = (unsigned)v; /* and max_readahead, in bytes, fits 32 bits */
+	}
+	/* Past reply_max a request would not fit the reply buffers (or libfuse's request buffer). */
+	snprintf(why, sizeof(why), "must be %lu to %lu (bytes)", MIN_IO, reply_max);
+	if (opt->max_read_arg) {
+		if (!parse_number(opt->max_read_arg, 10, MIN_IO, reply_max, &v))
+			return fail("max_read", why);
+		opt->max_read = (unsigned)v;
+	}
+	if (opt->max_write_arg && !parse_number(opt->max_write_arg, 10, MIN_IO, reply_max, &v))
+		return fail("max_write", why);
+	opt->max_readahead = UINT_MAX;
+	if (opt->max_readahead_arg) {
+		if (!parse_number(opt->max_readahead_arg, 10, 0, READ_AHEAD_KB_MAX * 1024ul, &v))
+			return fail("max_readahead", "must be 0 to 1073741824 (bytes)");
+		opt->max_readahead = (unsigned)v;
+	}
+	return 0;
+}
+
+/* -o uid=, gid= (numbers, as sshfs takes them) and umask= (octal): what every node but /.control shows. */
+static int owner_options(struct fs *fs)
+{
+	unsigned long v;
+
+	fs->uid = fs->file_uid = getuid();
+	fs->gid = fs->file_gid = getgid();
+	if (fs->opt.uid_arg) {
+		if (!parse_number(fs->opt.uid_arg, 10, 0, ID_MAX, &v))
+			return fail("uid", "must be a user id number, 0 to 4294967294");
+		fs->file_uid = (uid_t)v;
+	}
+	if (fs->opt.gid_arg) {
+		if (!parse_number(fs->opt.gid_arg, 10, 0, ID_MAX, &v))
+			return fail("gid", "must be a group id number, 0 to 4294967294");
+		fs->file_gid = (gid_t)v;
+	}
+	if (fs->opt.umask_arg) {
+		if (!parse_number(fs->opt.umask_arg, 8, 0, 0777, &v))
+			return fail("umask", "must be octal, 0 to 0777");
+		fs->umask_bits = (mode_t)v;
 	}
 	return 0;
 }
@@ -189,15 +358,14 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 {
 	char err[ST_ERR_LEN], *abs;
 	unsigned cpus = usable_cpus();
+	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
 
-	if (fuse_opt_parse(args, &fs->opt, option_spec, take_source) < 0)
+	if (fuse_opt_parse(args, &fs->opt, option_spec, take_option) < 0)
 		return 1;
 	if (!(fs->conn_opts = fuse_parse_conn_info_opts(args)) || fuse_parse_cmdline(args, cmd) != 0)
 		return 1;
 	if (cmd->show_help) {
-		usage(args->argv[0]);
-		fuse_cmdline_help();
-		fuse_lowlevel_help();
+		usage(args->argv[0], reply_max);
 		return -1;
 	}
 	if (cmd->show_version) {
@@ -214,21 +382,23 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		fs->layout = LAYOUT_FLAT;
 	else
 		return fail("layout", "must be tree or flat");
-	if (loop_options(&fs->opt, cmd, cpus))
+	if (loop_options(&fs->opt, cmd, cpus) || size_options(&fs->opt, reply_max) || owner_options(fs))
 		return 1;
-	if (fs->opt.read_ahead_kb > READ_AHEAD_KB_MAX) /* and max_readahead, in bytes, fits 32 bits */
-		return fail("read_ahead_kb", "must be 0 to 1048576 (KiB)");
 	fs->mountpoint_fd = mountpoint_open(cmd->mountpoint, fs->opt.source, fs->mountpoint_fd_path, err, sizeof(err));
 	if (fs->mountpoint_fd < 0)
 		return fail(cmd->mountpoint, err);
-	if (source_open(fs->opt.source, &fs->src, err) < 0)
+	/* auto_unmount mounts through fusermount3, also as root: a child process, to which our
+	 * /proc/self/fd path means nothing.  It gets the path, and checks it itself. */
+	if (fs->opt.auto_unmount)
+		fs->mountpoint_fd_path[0] = '\0';
+	if (source_open(fs->opt.source, fs->opt.variant, &fs->src, err) < 0)
 		return fail(fs->opt.source, err);
 	if (fs->src.warning)
 		fprintf(stderr, "safetensorsfs: %s: %s\n", fs->opt.source, fs->src.warning);
 	if (tree_build(&fs->tree, &fs->src, fs->layout, err, sizeof(err)) < 0)
 		return fail(fs->opt.source, err);
 	abs = realpath(fs->opt.source, NULL);
-	if (add_fsname(args, abs ? abs : fs->opt.source) < 0) {
+	if (add_fsname(args, &fs->opt, abs ? abs : fs->opt.source) < 0) {
 		free(abs);
 		return 1;
 	}
@@ -242,12 +412,9 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	if (control_init(&fs->control, fs->opt.gpu, fs->opt.max_upload_arg) < 0)
 		return fail(fs->opt.source, "cannot set up the control file (is -o max_upload a size?)");
 	fs->control_ready = 1;
-	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
 	if (bufpool_init(&fs->replies, per_cpu(cpus), reply_max) < 0)
 		return fail(fs->opt.source, "out of memory for reply buffers");
 	fs->replies_ready = 1;
-	fs->uid = getuid();
-	fs->gid = getgid();
 	fs->mountpoint = cmd->mountpoint;
 	fs->debug = cmd->debug;
 	return 0;
@@ -272,11 +439,19 @@ int main(int argc, char *argv[])
 	free(fs.opt.spin_us_arg);
 	free(fs.opt.max_threads_arg);
 	free(fs.opt.max_upload_arg);
+	free(fs.opt.read_ahead_kb_arg);
+	free(fs.opt.uid_arg);
+	free(fs.opt.gid_arg);
+	free(fs.opt.umask_arg);
+	free(fs.opt.max_read_arg);
+	free(fs.opt.max_write_arg);
+	free(fs.opt.max_readahead_arg);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);
 	free(fs.opt.source);
 	free(fs.opt.layout_name);
+	free(fs.opt.variant);
 	if (fs.mountpoint_fd >= 0)
 		close(fs.mountpoint_fd);
 	free(cmd.mountpoint);

@@ -80,15 +80,25 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_mode = n->kind == NODE_DIR ? S_IFDIR | 0555 : n->kind == NODE_CONTROL ? S_IFREG | 0600 : S_IFREG | 0444;
+	if (n->kind == NODE_CONTROL) {
+		/* Whatever -o uid=, gid= and umask= say: it shows who open_control lets in. */
+		st->st_mode = S_IFREG | 0600;
+		st->st_uid = fs->uid;
+		st->st_gid = fs->gid;
+	} else {
+		mode_t perm = (n->kind == NODE_DIR ? 0555 : 0444) & ~fs->umask_bits;
+
+		st->st_mode = (n->kind == NODE_DIR ? S_IFDIR : S_IFREG) | perm;
+		st->st_uid = fs->file_uid;
+		st->st_gid = fs->file_gid;
+	}
 	st->st_nlink = n->kind == NODE_DIR ? 2 + n->dir.subdirs : 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
 	st->st_size = (off_t)size;
 	/* Directories keep 4 KiB: glibc sizes its getdents buffer by st_blksize (32 KiB at
 	 * least), and the kernel allocates (and maps) a reply buffer that large per call. */
 	st->st_blksize = n->kind == NODE_DIR ? BLOCK : IO_BLOCK;
-	st->st_blocks = (blkcnt_t)((size + 511) / 512);
+	/* What the node holds on disk: directories hold nothing (du adds up st_blocks). */
+	st->st_blocks = n->kind == NODE_DIR ? 0 : (blkcnt_t)((size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;
 }
 
@@ -128,6 +138,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 			fprintf(stderr, "safetensorsfs: cannot set the readahead window to %u KiB: %s\n",
 				fs->opt.read_ahead_kb, strerror(-rc));
 	}
+	/* -o max_readahead caps that window. */
+	if (conn->max_readahead > fs->opt.max_readahead)
+		conn->max_readahead = fs->opt.max_readahead;
+	/* libfuse 3.14 fails INIT (the mount is gone at once) unless max_read is the
+	 * -o max_read it mounted with, 0 when not given. */
+	conn->max_read = fs->opt.max_read;
+	/* auto_unmount's fusermount3 unmounts only where opening the mountpoint fails with
+	 * ENOTCONN, which a dead mount whose kernel was told to skip OPENDIR never answers. */
+	if (fs->opt.auto_unmount)
+		fs->no_opendir = 0;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -329,7 +349,9 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	list_dir(req, ino, size, off, 1);
 }
 
-/* Owner-only whatever the mount options: the kernel checks modes only with default_permissions. */
+/* Owner-only whatever the mount options: the kernel checks modes only with default_permissions.
+ * The owner is the mounting user (and root), also where -o uid= shows others as the files' owner:
+ * uploads hold GPU memory and /dev/shm of the daemon's user. */
 static void open_control(fuse_req_t req, struct fuse_file_info *fi)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -731,10 +753,11 @@ static void reply_xattr(fuse_req_t req, size_t size, int rc, char *value, size_t
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct fs *fs = fs_of(req);
-	const struct node *n = node_of(fs, ino);
+	const struct view_node *v = view_of(fs, ino);
+	const struct node *n = v ? &fs->tree.nodes[v->tensor] : node_of(fs, ino);
 	char *value = NULL;
 	size_t len = 0;
-	int rc = n ? xattr_get(fs, n, name, &value, &len) : view_of(fs, ino) ? -ENODATA : -ENOENT;
+	int rc = n ? xattr_get(fs, n, v, name, &value, &len) : -ENOENT;
 
 	reply_xattr(req, size, rc, value, len);
 }
@@ -742,10 +765,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct fs *fs = fs_of(req);
-	const struct node *n = node_of(fs, ino);
+	const struct view_node *v = view_of(fs, ino);
+	const struct node *n = v ? &fs->tree.nodes[v->tensor] : node_of(fs, ino);
 	char *list = NULL;
 	size_t len = 0;
-	int rc = n ? xattr_list(fs, n, &list, &len) : view_of(fs, ino) ? 0 : -ENOENT;
+	int rc = n ? xattr_list(fs, n, v, &list, &len) : -ENOENT;
 
 	reply_xattr(req, size, rc, list, len);
 }

@@ -24,9 +24,15 @@ static void unescape(char *s)
 	*out = '\0';
 }
 
+/* A FUSE mount's type: "fuse", or "fuse.SUBTYPE" whatever -o subtype= named. */
+static int is_fuse(const char *fstype)
+{
+	return strncmp(fstype, "fuse", 4) == 0 && (fstype[4] == '.' || fstype[4] == ' ');
+}
+
 /*
- * "MAJOR:MINOR" of the newest safetensorsfs mount at MOUNTPOINT, from a line
- * "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE ...".
+ * "MAJOR:MINOR" of the newest FUSE mount at MOUNTPOINT (ours, while INIT is
+ * answered), from a line "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - FSTYPE ...".
  */
 static int find_bdi(const char *mountpoint, char *bdi, size_t n)
 {
@@ -38,7 +44,7 @@ static int find_bdi(const char *mountpoint, char *bdi, size_t n)
 	if (!f)
 		return -errno;
 	while (getline(&line, &cap, f) > 0) {
-		if (!(sep = strstr(line, " - ")) || strncmp(sep + 3, "fuse.safetensorsfs ", 19) != 0)
+		if (!(sep = strstr(line, " - ")) || !is_fuse(sep + 3))
 			continue;
 		*sep = '\0';
 		fields[0] = strtok_r(line, " ", &save);

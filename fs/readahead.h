@@ -11,7 +11,7 @@
 #ifndef FS_READAHEAD_H
 #define FS_READAHEAD_H
 
-/* Sets read_ahead_kb of the safetensorsfs mount at MOUNTPOINT; 0 or a negative errno. */
+/* Sets read_ahead_kb of the FUSE mount at MOUNTPOINT (the newest there); 0 or a negative errno. */
 int readahead_set(const char *mountpoint, unsigned kb);
 
 #endif

@@ -20,9 +20,11 @@
 #include <unistd.h>
 
 #include "checks.h"
+#include "folder.h"
 
-#define INDEX_SUFFIX ".safetensors.index.json"
-#define SHARD_SUFFIX ".safetensors"
+#define INDEX_SUFFIX_STEM ".safetensors.index"
+#define INDEX_SUFFIX INDEX_SUFFIX_STEM ".json"
+#define SHARD_SUFFIX WEIGHTS_SUFFIX
 /* Descriptors kept free for libfuse: /dev/fuse, one clone per worker thread, stdio. */
 #define FD_RESERVE 64
 
@@ -39,9 +41,9 @@ static int fail(char *err, int rc, const char *fmt, const char *a, const char *b
 	return rc;
 }
 
-static int add_shard(struct source *src, const char *dir, const char *file, size_t component)
+/* Shard `file` of `dir`, which is `rel` below SOURCE ("" for SOURCE itself or its folder). */
+static int add_shard(struct source *src, const char *dir, const char *rel, const char *file, size_t component)
 {
-	const struct component *c = &src->components[component];
 	struct shard *sh;
 
 	if (st_reserve(&src->shards, &src->cap_shards, src->n_shards + 1, sizeof(*src->shards)))
@@ -50,7 +52,7 @@ static int add_shard(struct source *src, const char *dir, const char *file, size
 	*sh = (struct shard){.fd = -1, .component = (uint32_t)component};
 	if (asprintf(&sh->path, "%s/%s", dir, file) < 0)
 		return -ENOMEM;
-	if ((c->name[0] ? asprintf(&sh->label, "%s/%s", c->name, file) : asprintf(&sh->label, "%s", file)) < 0) {
+	if ((rel[0] ? asprintf(&sh->label, "%s/%s", rel, file) : asprintf(&sh->label, "%s", file)) < 0) {
 		free(sh->path);
 		return -ENOMEM;
 	}
@@ -75,7 +77,7 @@ static long add_component(struct source *src, const char *name, const char *dir)
 }
 
 /* The index's shards, in the index's (sorted) file order. */
-static int load_index(struct source *src, const char *index_path, size_t component, char *err)
+static int load_index(struct source *src, const char *index_path, const char *rel, size_t component, char *err)
 {
 	struct component *c = &src->components[component];
 	int fd = open(index_path, O_RDONLY | O_CLOEXEC), rc;
@@ -88,7 +90,7 @@ static int load_index(struct source *src, const char *index_path, size_t compone
 		return rc;
 	c->has_index = true;
 	for (size_t i = 0; i < c->ix.n_files && !rc; i++)
-		rc = add_shard(src, c->dir, c->ix.strings + c->ix.files[i].name, component);
+		rc = add_shard(src, c->dir, rel, c->ix.strings + c->ix.files[i].name, component);
 	return rc;
 }
 
@@ -111,8 +113,7 @@ static int list_dir(const char *dir, const char *suffix, char ***names, size_t *
 	while ((e = readdir(d))) {
 		struct stat st;
 		char *p;
-		if (e->d_name[0] == '.' || (suffix && !ends_with(e->d_name, suffix)) ||
-		    (suffix && strcmp(suffix, SHARD_SUFFIX) == 0 && ends_with(e->d_name, INDEX_SUFFIX)))
+		if (e->d_name[0] == '.' || (suffix && !ends_with(e->d_name, suffix)))
 			continue;
 		if (asprintf(&p, "%s/%s", dir, e->d_name) < 0)
 			break;
@@ -137,33 +138,109 @@ static void free_list(char **names, size_t n)
 	free(names);
 }
 
-/* A folder's weights: its one index, else all its .safetensors files. Returns 1 if it has none. */
-static int load_folder(struct source *src, const char *dir, const char *name, char *err)
+/*
+ * The index of `dir` that names a model: with `variant` its *.safetensors.index.VARIANT.json,
+ * else the plain *.safetensors.index.json (transformers and diffusers name them so).  0 with
+ * *path NULL when there is none; two of them are refused, as nothing says which one is meant.
+ */
+static int find_index(const char *dir, const char *variant, char **path, char *err)
 {
-	char **idx, **files;
-	size_t n_idx, n_files;
-	long c;
+	char **idx, *suffix;
+	size_t n;
 	int rc;
 
-	if ((rc = list_dir(dir, INDEX_SUFFIX, &idx, &n_idx)) < 0)
+	*path = NULL;
+	if ((variant ? asprintf(&suffix, "%s.%s.json", INDEX_SUFFIX_STEM, variant)
+		     : asprintf(&suffix, "%s", INDEX_SUFFIX)) < 0)
+		return -ENOMEM;
+	rc = list_dir(dir, suffix, &idx, &n);
+	free(suffix);
+	if (rc < 0)
 		return fail(err, rc, "%s: %s", dir, strerror(-rc));
-	list_dir(dir, SHARD_SUFFIX, &files, &n_files);
-	if (n_idx > 1)
+	if (n > 1)
 		rc = fail(err, -EINVAL, "%s holds several indexes (%s, ...): name one as SOURCE", dir, idx[0]);
-	else if (n_idx == 0 && n_files == 0)
-		rc = 1;
-	else if ((c = add_component(src, name, dir)) < 0)
+	else if (n == 1 && asprintf(path, "%s/%s", dir, idx[0]) < 0)
 		rc = -ENOMEM;
-	else if (n_idx == 1) {
-		char *p;
-		rc = asprintf(&p, "%s/%s", dir, idx[0]) < 0 ? -ENOMEM : load_index(src, p, (size_t)c, err);
-		free(p);
-	} else {
-		for (size_t i = 0; i < n_files && !rc; i++)
-			rc = add_shard(src, dir, files[i], (size_t)c);
+	free_list(idx, n);
+	return rc;
+}
+
+/* The component a group of files becomes: the folder's own when it is the only group. */
+static char *group_component(const char *rel, const struct folder_pick *pick, size_t g)
+{
+	char *name;
+
+	if (pick->n_groups == 1)
+		return strdup(rel);
+	if (!rel[0])
+		return strdup(pick->groups[g].name);
+	return asprintf(&name, "%s/%s", rel, pick->groups[g].name) < 0 ? NULL : name;
+}
+
+/* The groups folder_pick made of dir's files: one is the folder's model, several one directory each. */
+static int add_groups(struct source *src, const char *dir, const char *rel, char **files,
+		      const struct folder_pick *pick)
+{
+	int rc = 0;
+
+	for (size_t g = 0; g < pick->n_groups && !rc; g++) {
+		const struct folder_group *gr = &pick->groups[g];
+		char *name = group_component(rel, pick, g);
+		long c = name ? add_component(src, name, dir) : -ENOMEM;
+		free(name);
+		if (c < 0)
+			return -ENOMEM;
+		for (size_t i = gr->first; i < gr->first + gr->count && !rc; i++)
+			rc = add_shard(src, dir, rel, files[i], (size_t)c);
 	}
-	free_list(idx, n_idx);
+	return rc;
+}
+
+/*
+ * Which of dir's weights to take: *index set to the variant's index, else files[] holds the
+ * variant's files (pick->variant_found), else *index is the plain index, else files[] the
+ * plain files, grouped (folder.h).
+ */
+static int choose_weights(struct source *src, const char *dir, const char *rel, char **index, char ***files,
+			  size_t *n_files, struct folder_pick *pick, char *err)
+{
+	char why[ST_ERR_LEN / 2];
+	int rc = src->variant ? find_index(dir, src->variant, index, err) : 0;
+
+	if (rc || *index) {
+		src->variant_found |= *index != NULL;
+		return rc;
+	}
+	list_dir(dir, SHARD_SUFFIX, files, n_files);
+	int picked = folder_pick(*files, n_files, src->variant, pick, why, sizeof(why));
+	if (picked == -ENOMEM)
+		return picked;
+	src->variant_found |= pick->variant_found;
+	if (picked == 0 && pick->variant_found)
+		return 0;
+	/* Files the index leaves aside (consolidated.safetensors) may not group: no matter then. */
+	if ((rc = find_index(dir, NULL, index, err)) || *index || picked == 0)
+		return rc;
+	return fail(err, picked, rel[0] ? "%s: %s" : "%s%s", rel, why);
+}
+
+/* A folder's weights (choose_weights) as components.  Returns 1 if it has none. */
+static int load_folder(struct source *src, const char *dir, const char *rel, char *err)
+{
+	struct folder_pick pick = {0};
+	char **files = NULL, *index = NULL;
+	size_t n_files = 0;
+	int rc = choose_weights(src, dir, rel, &index, &files, &n_files, &pick, err);
+
+	if (!rc && index) {
+		long c = add_component(src, rel, dir);
+		rc = c < 0 ? -ENOMEM : load_index(src, index, rel, (size_t)c, err);
+	} else if (!rc) {
+		rc = n_files == 0 ? 1 : add_groups(src, dir, rel, files, &pick);
+	}
+	free(index);
 	free_list(files, n_files);
+	folder_pick_free(&pick);
 	return rc;
 }
 
@@ -199,7 +276,12 @@ static int find_shards(struct source *src, const char *path, char *err)
 		return fail(err, -errno, "%s%s", strerror(errno), "");
 	if (S_ISDIR(st.st_mode)) {
 		rc = load_folder(src, path, "", err);
-		return rc == 1 ? load_subfolders(src, path, err) : rc;
+		if (rc == 1)
+			rc = load_subfolders(src, path, err);
+		if (rc == 0 && src->variant && !src->variant_found)
+			rc = fail(err, -EINVAL, "no file of variant %s here (*.%s.safetensors or an index of it)",
+				  src->variant, src->variant);
+		return rc;
 	}
 	char *copy = strdup(path);
 	if (!copy)
@@ -208,10 +290,14 @@ static int find_shards(struct source *src, const char *path, char *err)
 	long c = add_component(src, "", dir);
 	if (c < 0)
 		rc = -ENOMEM;
+	else if (src->variant)
+		rc = fail(err, -EINVAL, "-o variant=%s picks among a folder's files: name the folder%s", src->variant, "");
 	else if (ends_with(path, ".index.json"))
-		rc = load_index(src, path, (size_t)c, err);
-	else
-		rc = add_shard(src, dir, strrchr(path, '/') ? strrchr(path, '/') + 1 : path, (size_t)c);
+		rc = load_index(src, path, "", (size_t)c, err);
+	else {
+		rc = add_shard(src, dir, "", strrchr(path, '/') ? strrchr(path, '/') + 1 : path, (size_t)c);
+		src->named_file = true;
+	}
 	free(copy);
 	return rc;
 }
@@ -329,31 +415,51 @@ static int make_glue(struct source *src)
 	return (src->glue[src->n_shards] = strdup("}")) ? 0 : -ENOMEM;
 }
 
-static int merge_metadata(struct source *src)
+/*
+ * The metadata of shards [first, first+n), with ix's (may be NULL) taking precedence; with
+ * `common`, only the pairs all of them hold (st_metadata_common).
+ */
+static int merge_some(const struct source *src, size_t first, size_t n, const struct st_index *ix,
+		      bool common, struct st_metadata *out)
 {
-	const struct st_header **hdrs = malloc(src->n_shards * sizeof(*hdrs));
-	const struct st_index *ix = NULL;
+	const struct st_header **hdrs = malloc((n ? n : 1) * sizeof(*hdrs));
 	int rc;
 
 	if (!hdrs)
 		return -ENOMEM;
-	for (size_t i = 0; i < src->n_shards; i++)
-		hdrs[i] = &src->shards[i].hdr;
-	/* Component indexes are merged in order; only the first index's metadata is taken as a whole. */
-	for (size_t c = 0; c < src->n_components && !ix; c++)
-		if (src->components[c].has_index)
-			ix = &src->components[c].ix;
-	rc = st_metadata_merge(hdrs, src->n_shards, ix, &src->metadata);
+	for (size_t i = 0; i < n; i++)
+		hdrs[i] = &src->shards[first + i].hdr;
+	rc = common ? st_metadata_common(hdrs, n, out) : st_metadata_merge(hdrs, n, ix, out);
 	free(hdrs);
 	return rc;
 }
 
-int source_open(const char *path, struct source *src, char err[ST_ERR_LEN])
+static int merge_metadata(struct source *src)
+{
+	const struct component *only = src->n_components == 1 ? &src->components[0] : NULL;
+	int rc = 0;
+
+	for (size_t c = 0; c < src->n_components && !rc; c++) {
+		struct component *k = &src->components[c];
+		if (k->name[0])
+			rc = merge_some(src, k->first, k->count, k->has_index ? &k->ix : NULL, false, &k->metadata);
+	}
+	/* The model at the root keeps its metadata there; over several components the root
+	 * says only what holds for all of them, never one component's total_size as the mount's. */
+	if (rc)
+		return rc;
+	if (only && !only->name[0])
+		return merge_some(src, 0, src->n_shards, only->has_index ? &only->ix : NULL, false, &src->metadata);
+	return merge_some(src, 0, src->n_shards, NULL, true, &src->metadata);
+}
+
+int source_open(const char *path, const char *variant, struct source *src, char err[ST_ERR_LEN])
 {
 	int rc;
 
 	memset(src, 0, sizeof(*src));
 	err[0] = '\0';
+	src->variant = variant;
 	rc = find_shards(src, path, err);
 	for (size_t c = 0; c < src->n_components; c++)
 		src->components[c].count = (c + 1 < src->n_components ? src->components[c + 1].first
@@ -363,7 +469,7 @@ int source_open(const char *path, struct source *src, char err[ST_ERR_LEN])
 	if (!rc)
 		rc = ensure_fds(src->n_shards, err);
 	if (!rc)
-		rc = open_all(src, src->n_shards > 1 || strcmp(src->shards[0].path, path) != 0, err);
+		rc = open_all(src, !src->named_file, err);
 	if (!rc)
 		rc = check_shards(src, err);
 	if (!rc)
@@ -390,6 +496,7 @@ void source_close(struct source *src)
 		free(src->components[c].name);
 		free(src->components[c].dir);
 		st_index_free(&src->components[c].ix);
+		st_metadata_free(&src->components[c].metadata);
 	}
 	for (size_t i = 0; src->glue && i <= src->n_shards; i++)
 		free(src->glue[i]);

@@ -40,6 +40,7 @@ struct component {
 	bool has_index;
 	struct st_index ix;
 	size_t first, count; /* its shards: source.shards[first .. first+count) */
+	struct st_metadata metadata; /* its shards' and index's, when it is a directory (name != "") */
 };
 
 struct source {
@@ -47,14 +48,19 @@ struct source {
 	size_t n_shards, cap_shards;
 	struct component *components;
 	size_t n_components, cap_components;
-	struct st_metadata metadata; /* merged over all shards and indexes */
+	/* The root's: merged over all shards, with the index's when the model is the root (one
+	 * unnamed component); each named component's index stays with its own directory. */
+	struct st_metadata metadata;
 	/* .header.json of several shards is {"label":header,...}: glue[i] precedes shard i's header. */
 	char **glue;
 	char *warning; /* a line to print before mounting, or NULL */
+	const char *variant; /* -o variant=, or NULL: which files of a folder to take (folder.h) */
+	bool variant_found;  /* some folder had a file or index of that variant */
+	bool named_file;     /* SOURCE is the one shard itself: main.c prints its name already */
 };
 
 /* Returns 0, or a negative errno with one line in `err` (without the "SOURCE: " prefix). */
-int source_open(const char *path, struct source *src, char err[ST_ERR_LEN]);
+int source_open(const char *path, const char *variant, struct source *src, char err[ST_ERR_LEN]);
 void source_close(struct source *src);
 
 /*

@@ -221,12 +221,37 @@ static int make_files(struct tree *t, const struct st_header *h, enum layout lay
 	return 0;
 }
 
-/* A diffusers-style folder's subfolder is a top-level directory; the model itself is the root. */
+/*
+ * A diffusers-style folder's subfolder, or a file of a folder of unrelated files, is a
+ * top-level directory ("unet", "style_a"; "loras/style_a" is two levels); the model
+ * itself is the root.
+ */
 static long component_dir(struct tree *t, const struct source *src, uint32_t c, char *scratch)
 {
-	const char *name = src->components[c].name;
+	const char *name = src->components[c].name, *slash;
+	long dir = 0;
 
-	return name[0] ? dir_for(t, 0, name, strlen(name), scratch) : 0;
+	if (!name[0])
+		return 0;
+	for (; dir >= 0; name = slash + 1) {
+		slash = strchr(name, '/');
+		size_t len = slash ? (size_t)(slash - name) : strlen(name);
+		dir = dir_for(t, (uint32_t)dir, name, len, scratch);
+		if (!slash)
+			break;
+	}
+	if (dir >= 0)
+		t->nodes[dir].dir.component = c + 1;
+	return dir;
+}
+
+/*
+ * Whether readdir lists the node.  /.control is reachable by name only: listed, it would
+ * make another user's cp -r, tar or grep -r over the mount fail on its mode 0600.
+ */
+static bool listed(const struct node *n)
+{
+	return n->kind != NODE_CONTROL;
 }
 
 /* Child lists in creation order, so readdir is stable and cheap. */
@@ -238,6 +263,8 @@ static int link_children(struct tree *t)
 	    !(fill = calloc(t->n_nodes, sizeof(*fill))))
 		return -ENOMEM;
 	for (size_t i = 1; i < t->n_nodes; i++) {
+		if (!listed(&t->nodes[i]))
+			continue;
 		struct node *p = &t->nodes[t->nodes[i].parent];
 		p->dir.count++;
 		p->dir.subdirs += t->nodes[i].kind == NODE_DIR;
@@ -250,6 +277,8 @@ static int link_children(struct tree *t)
 		next += t->nodes[i].dir.count;
 	}
 	for (size_t i = 1; i < t->n_nodes; i++) {
+		if (!listed(&t->nodes[i]))
+			continue;
 		struct node *p = &t->nodes[t->nodes[i].parent];
 		t->children[p->dir.first + fill[t->nodes[i].parent]++] = (uint32_t)i;
 	}

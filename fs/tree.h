@@ -24,8 +24,9 @@ struct node {
 	uint8_t kind;            /* enum node_kind */
 	union {
 		struct {
-			uint32_t first, count; /* children: tree.children[first .. first+count) */
+			uint32_t first, count; /* listed children: tree.children[first .. first+count) */
 			uint32_t subdirs;      /* for st_nlink, which find(1) may trust */
+			uint32_t component;    /* 1 + the source component it is the directory of; 0: none */
 		} dir;
 		struct {
 			uint32_t shard, index; /* source.shards[shard].hdr.tensors[index] */

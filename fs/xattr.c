@@ -8,10 +8,15 @@
 #include <string.h>
 
 #define META_PREFIX XATTR_PREFIX "metadata."
-#define XATTR_NAME_LIMIT 255 /* XATTR_NAME_MAX: longer names cannot be asked for */
+/* The kernel's XATTR_NAME_MAX, XATTR_SIZE_MAX and XATTR_LIST_MAX (linux/limits.h). */
+#define XATTR_NAME_LIMIT 255
+#define XATTR_VALUE_LIMIT 65536
+#define XATTR_LIST_LIMIT 65536
 
 static const char *const tensor_attrs[] = {"name", "dtype", "shape", "data_offsets", "offset", "file"};
-static const char *const root_attrs[] = {"tensors", "bytes", "shards"};
+static const char *const dir_attrs[] = {"tensors", "bytes", "shards"};
+/* And "offset" where the view's bytes are one range of the backing file. */
+static const char *const view_attrs[] = {"dtype", "shape", "file", "view_of"};
 
 struct buf {
 	char *p;
@@ -89,19 +94,84 @@ static void tensor_value(const struct fs *fs, const struct node *n, const char *
 	}
 }
 
-/* A metadata key that can be an xattr name: no NUL, within the kernel's name limit. */
-static int meta_key_usable(const struct st_metadata *md, const struct st_meta *m)
+/* The part of the mount a directory's attributes describe: all of it, or one component. */
+struct scope {
+	const struct st_metadata *md;
+	size_t first, count; /* its shards */
+};
+
+/* The root speaks for the whole mount; a component's directory for that component. */
+static int scope_of(const struct fs *fs, const struct node *n, struct scope *sc)
 {
-	return m->key_len > 0 && !memchr(md->strings + m->key, '\0', m->key_len) &&
-	       strlen(META_PREFIX) + m->key_len <= XATTR_NAME_LIMIT;
+	if (n == &fs->tree.nodes[0]) {
+		*sc = (struct scope){&fs->src.metadata, 0, fs->src.n_shards};
+		return 0;
+	}
+	if (n->kind != NODE_DIR || !n->dir.component)
+		return -1;
+	const struct component *c = &fs->src.components[n->dir.component - 1];
+	*sc = (struct scope){&c->metadata, c->first, c->count};
+	return 0;
 }
 
-static int root_value(const struct fs *fs, const char *name, struct buf *b)
+/* The bytes of the fixed names a directory lists before its metadata keys. */
+static size_t fixed_list_len(void)
 {
-	const struct st_metadata *md = &fs->src.metadata;
+	size_t len = 0;
+
+	for (size_t i = 0; i < sizeof(dir_attrs) / sizeof(*dir_attrs); i++)
+		len += strlen(XATTR_PREFIX) + strlen(dir_attrs[i]) + 1;
+	return len;
+}
+
+/*
+ * Calls fn for each metadata entry that is an xattr: its key has no NUL and makes a name
+ * of at most 255 bytes, its value fits XATTR_SIZE_MAX, and its name still fits in the
+ * XATTR_LIST_MAX bytes of the list, in the metadata's order.  The kernel refuses a value
+ * or a list past 64 KiB as a whole (E2BIG), so one outsized entry would hide all the
+ * others; .metadata.json has every entry whatever its size.  Stops at fn's nonzero return.
+ */
+static int each_meta_xattr(const struct st_metadata *md, int (*fn)(void *ctx, const struct st_meta *m),
+			   void *ctx)
+{
+	size_t listed = fixed_list_len();
+
+	for (size_t i = 0; i < md->n_items; i++) {
+		const struct st_meta *m = &md->items[i];
+		size_t name_len = strlen(META_PREFIX) + m->key_len;
+		if (m->key_len == 0 || memchr(md->strings + m->key, '\0', m->key_len) ||
+		    name_len > XATTR_NAME_LIMIT || m->value_len > XATTR_VALUE_LIMIT ||
+		    listed + name_len + 1 > XATTR_LIST_LIMIT)
+			continue;
+		listed += name_len + 1;
+		int rc = fn(ctx, m);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+struct meta_find {
+	const struct st_metadata *md;
+	const char *key;
+	struct buf *b;
+};
+
+static int add_if_key(void *ctx, const struct st_meta *m)
+{
+	struct meta_find *f = ctx;
+
+	if (strlen(f->key) != m->key_len || memcmp(f->key, f->md->strings + m->key, m->key_len) != 0)
+		return 0;
+	add(f->b, f->md->strings + m->value, m->value_len);
+	return 1;
+}
+
+static int dir_value(const struct fs *fs, const struct scope *sc, const char *name, struct buf *b)
+{
 	uint64_t tensors = 0, bytes = 0;
 
-	for (size_t s = 0; s < fs->src.n_shards; s++) {
+	for (size_t s = sc->first; s < sc->first + sc->count; s++) {
 		const struct st_header *h = &fs->src.shards[s].hdr;
 		tensors += h->n_tensors;
 		bytes += h->file_size - h->data_start; /* tensors tile the data region exactly */
@@ -115,31 +185,59 @@ static int root_value(const struct fs *fs, const char *name, struct buf *b)
 		return 0;
 	}
 	if (strcmp(name, XATTR_PREFIX "shards") == 0) {
-		add_u64(b, fs->src.n_shards);
+		add_u64(b, sc->count);
 		return 0;
 	}
 	if (strncmp(name, META_PREFIX, strlen(META_PREFIX)) != 0)
 		return -ENODATA;
-	const char *key = name + strlen(META_PREFIX);
-	for (size_t i = 0; i < md->n_items; i++) {
-		const struct st_meta *m = &md->items[i];
-		if (meta_key_usable(md, m) && strlen(key) == m->key_len &&
-		    memcmp(key, md->strings + m->key, m->key_len) == 0) {
-			add(b, md->strings + m->value, m->value_len);
-			return 0;
-		}
-	}
-	return -ENODATA;
+	struct meta_find f = {sc->md, name + strlen(META_PREFIX), b};
+	return each_meta_xattr(sc->md, add_if_key, &f) ? 0 : -ENODATA;
 }
 
-int xattr_get(const struct fs *fs, const struct node *n, const char *name, char **value, size_t *len)
+/* A view's own dtype and shape, the tensor it shows, and where a raw one's bytes start. */
+static int view_value(const struct fs *fs, const struct view_node *v, const char *attr, struct buf *b)
+{
+	const struct node *n = &fs->tree.nodes[v->tensor];
+	const struct shard *sh = shard_of(fs, n);
+	const struct st_tensor *t = tensor_of(fs, n);
+	uint64_t off;
+
+	if (strcmp(attr, "dtype") == 0) {
+		add(b, st_dtype_name(v->plan.dtype), strlen(st_dtype_name(v->plan.dtype)));
+	} else if (strcmp(attr, "shape") == 0) {
+		add(b, "[", 1);
+		for (uint32_t i = 0; i < v->plan.rank; i++) {
+			if (i)
+				add(b, ",", 1);
+			add_u64(b, v->plan.shape[i]);
+		}
+		add(b, "]", 1);
+	} else if (strcmp(attr, "view_of") == 0) {
+		add(b, st_tensor_name(&sh->hdr, t), t->name_len);
+	} else if (strcmp(attr, "file") == 0) {
+		add(b, sh->label, strlen(sh->label));
+	} else if (strcmp(attr, "offset") == 0 && view_contiguous(&v->plan, &off)) {
+		add_u64(b, tensor_file_offset(fs, n) + off);
+	} else {
+		return -ENODATA;
+	}
+	return 0;
+}
+
+int xattr_get(const struct fs *fs, const struct node *n, const struct view_node *v, const char *name,
+	      char **value, size_t *len)
 {
 	struct buf b = {0};
+	struct scope sc;
 	int rc = -ENODATA;
 
-	if (n == &fs->tree.nodes[0]) {
-		rc = root_value(fs, name, &b);
-	} else if (n->kind == NODE_TENSOR && strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX)) == 0) {
+	if (strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX)) != 0)
+		return -ENODATA;
+	if (v) {
+		rc = view_value(fs, v, name + strlen(XATTR_PREFIX), &b);
+	} else if (scope_of(fs, n, &sc) == 0) {
+		rc = dir_value(fs, &sc, name, &b);
+	} else if (n->kind == NODE_TENSOR) {
 		for (size_t i = 0; i < sizeof(tensor_attrs) / sizeof(*tensor_attrs); i++)
 			if (strcmp(name + strlen(XATTR_PREFIX), tensor_attrs[i]) == 0) {
 				tensor_value(fs, n, tensor_attrs[i], &b);
@@ -160,20 +258,42 @@ static void add_name(struct buf *b, const char *prefix, const char *s, size_t n)
 	add(b, "", 1); /* the separating NUL */
 }
 
-int xattr_list(const struct fs *fs, const struct node *n, char **list, size_t *len)
+struct meta_list {
+	const struct st_metadata *md;
+	struct buf *b;
+};
+
+static int list_key(void *ctx, const struct st_meta *m)
+{
+	struct meta_list *l = ctx;
+
+	add_name(l->b, META_PREFIX, l->md->strings + m->key, m->key_len);
+	return 0;
+}
+
+static void list_names(struct buf *b, const char *const *names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		add_name(b, XATTR_PREFIX, names[i], strlen(names[i]));
+}
+
+int xattr_list(const struct fs *fs, const struct node *n, const struct view_node *v, char **list, size_t *len)
 {
 	struct buf b = {0};
+	struct scope sc;
+	uint64_t off;
 
-	if (n == &fs->tree.nodes[0]) {
-		const struct st_metadata *md = &fs->src.metadata;
-		for (size_t i = 0; i < md->n_items; i++)
-			if (meta_key_usable(md, &md->items[i]))
-				add_name(&b, META_PREFIX, md->strings + md->items[i].key, md->items[i].key_len);
-		for (size_t i = 0; i < sizeof(root_attrs) / sizeof(*root_attrs); i++)
-			add_name(&b, XATTR_PREFIX, root_attrs[i], strlen(root_attrs[i]));
+	if (v) {
+		list_names(&b, view_attrs, sizeof(view_attrs) / sizeof(*view_attrs));
+		if (view_contiguous(&v->plan, &off))
+			add_name(&b, XATTR_PREFIX, "offset", strlen("offset"));
+	} else if (scope_of(fs, n, &sc) == 0) {
+		/* The fixed names first: each_meta_xattr counts them in the list's room. */
+		list_names(&b, dir_attrs, sizeof(dir_attrs) / sizeof(*dir_attrs));
+		struct meta_list l = {sc.md, &b};
+		each_meta_xattr(sc.md, list_key, &l);
 	} else if (n->kind == NODE_TENSOR) {
-		for (size_t i = 0; i < sizeof(tensor_attrs) / sizeof(*tensor_attrs); i++)
-			add_name(&b, XATTR_PREFIX, tensor_attrs[i], strlen(tensor_attrs[i]));
+		list_names(&b, tensor_attrs, sizeof(tensor_attrs) / sizeof(*tensor_attrs));
 	}
 	return finish(&b, list, len);
 }

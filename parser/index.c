@@ -301,6 +301,29 @@ static int items_of(json_object *obj, struct st_metadata *out)
 	return out->json ? 0 : -ENOMEM;
 }
 
+/* The merge built in obj (unless rc says it failed) into out; obj is let go. */
+static int finish_merge(json_object *obj, int rc, struct st_metadata *out)
+{
+	if (!rc)
+		rc = items_of(obj, out);
+	json_object_put(obj);
+	if (rc)
+		st_metadata_free(out);
+	return rc;
+}
+
+/* Adds key = the string value[0..len) to obj (whose keys are unique): 0 or -ENOMEM. */
+static int add_string(json_object *obj, const char *key, const char *value, size_t len)
+{
+	json_object *v = json_object_new_string_len(value, (int)len);
+
+	if (!v || json_object_object_add(obj, key, v)) {
+		json_object_put(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 int st_metadata_merge(const struct st_header *const *shards, size_t n, const struct st_index *ix,
 		      struct st_metadata *out)
 {
@@ -320,18 +343,46 @@ int st_metadata_merge(const struct st_header *const *shards, size_t n, const str
 			const char *key = h->strings + h->meta[i].key;
 			if (memchr(key, '\0', h->meta[i].key_len) || json_object_object_get_ex(obj, key, NULL))
 				continue;
-			json_object *v = json_object_new_string_len(h->strings + h->meta[i].value,
-								    (int)h->meta[i].value_len);
-			if (!v || json_object_object_add(obj, key, v))
-				rc = -ENOMEM;
+			rc = add_string(obj, key, h->strings + h->meta[i].value, h->meta[i].value_len);
 		}
 	}
-	if (!rc)
-		rc = items_of(obj, out);
-	json_object_put(obj);
-	if (rc)
-		st_metadata_free(out);
-	return rc;
+	return finish_merge(obj, rc, out);
+}
+
+/* Whether header h's __metadata__ holds key with exactly this value. */
+static bool has_pair(const struct st_header *h, const char *key, size_t key_len, const char *value,
+		     size_t value_len)
+{
+	for (size_t i = 0; i < h->n_meta; i++) {
+		const struct st_meta *m = &h->meta[i];
+		if (m->key_len == key_len && m->value_len == value_len &&
+		    memcmp(h->strings + m->key, key, key_len) == 0 &&
+		    memcmp(h->strings + m->value, value, value_len) == 0)
+			return true;
+	}
+	return false;
+}
+
+int st_metadata_common(const struct st_header *const *shards, size_t n, struct st_metadata *out)
+{
+	json_object *obj = json_object_new_object();
+	int rc = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (!obj)
+		return -ENOMEM;
+	for (size_t i = 0; n > 0 && i < shards[0]->n_meta && !rc; i++) {
+		const struct st_header *h = shards[0];
+		const char *key = h->strings + h->meta[i].key, *value = h->strings + h->meta[i].value;
+		size_t key_len = h->meta[i].key_len, value_len = h->meta[i].value_len;
+		bool everywhere = !memchr(key, '\0', key_len);
+		for (size_t s = 1; s < n && everywhere; s++)
+			everywhere = has_pair(shards[s], key, key_len, value, value_len);
+		if (!everywhere)
+			continue;
+		rc = add_string(obj, key, value, value_len);
+	}
+	return finish_merge(obj, rc, out);
 }
 
 void st_metadata_free(struct st_metadata *m)

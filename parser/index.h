@@ -60,6 +60,11 @@ struct st_metadata {
  */
 int st_metadata_merge(const struct st_header *const *shards, size_t n, const struct st_index *ix,
 		      struct st_metadata *out);
+/*
+ * The __metadata__ pairs that every one of the shards holds with the same value, in the
+ * first shard's order: what can be said of several unrelated files together.
+ */
+int st_metadata_common(const struct st_header *const *shards, size_t n, struct st_metadata *out);
 void st_metadata_free(struct st_metadata *m);
 
 #endif

@@ -12,8 +12,9 @@
 set -eu
 
 BUILD_PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev attr"
-# valgrind: the parser run over the corpus (tests/test_corpus.py).
-TEST_PACKAGES="valgrind"
+# valgrind: the parser run over the corpus (tests/test_corpus.py); rsync: the tools another
+# user runs over a shared mount (tests/test_shared_mount.py).
+TEST_PACKAGES="valgrind rsync"
 # squashfuse, squashfs-tools: the C FUSE peer that make bench reads the same files through.
 BENCH_PACKAGES="squashfuse squashfs-tools"
 

@@ -37,7 +37,7 @@ def test_big_directory(big_file, mount, layout):
     files, dirs = util.expected_layout(list(tensors), layout)
     if layout == "flat":
         listed_dir = m.mnt
-        want = set(files) | set(util.RESERVED) | set(util.FUTURE_RESERVED)
+        want = set(files) | set(util.RESERVED)
     else:
         listed_dir = m.mnt / "block"
         assert os.listdir(m.mnt) and sorted(n for n in os.listdir(m.mnt) if not n.startswith(".")) == ["block"]
@@ -92,7 +92,7 @@ def test_big_directory_small_getdents(big_file, mount):
         os.close(fd)
     names = [n for n in names if n not in (".", "..")]
     files, _ = util.expected_layout(list(tensors), "flat")
-    check_listing(names, set(files) | set(util.RESERVED) | set(util.FUTURE_RESERVED))
+    check_listing(names, set(files) | set(util.RESERVED))
 
 
 def test_walking_again_asks_the_daemon_nothing(big_file, tmp_path):

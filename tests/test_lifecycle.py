@@ -18,18 +18,7 @@ import util
 from util import PREFIX
 
 pytestmark = pytest.mark.usefixtures("fuse_environment")
-
-
-def small_model(tmp_path, name="m.safetensors"):
-    p = tmp_path / name
-    rng = np.random.default_rng(5)
-    tensors = {
-        "w.big": rng.standard_normal((256, 300)).astype(np.float32),
-        "w.small": rng.integers(0, 255, (17,), dtype=np.uint8),
-        "other": rng.standard_normal((8,)).astype(np.float64),
-    }
-    save_file(tensors, str(p))
-    return p, tensors
+small_model = util.small_model
 
 
 def stop_quietly(m):

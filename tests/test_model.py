@@ -58,8 +58,10 @@ def test_root_dot_files(mounted):
     names = os.listdir(mounted.root)
     assert len(names) == len(set(names))
     dot = {n for n in names if n.startswith(".")}
-    # .control is still listed (docs/CONTRACT.md says it should not be); it is the only other dot-file.
-    assert dot == set(util.RESERVED + util.FUTURE_RESERVED)
+    # .control is reachable by name but never listed, so walks by other users never meet it.
+    assert dot == set(util.RESERVED)
+    for n in util.UNLISTED:
+        assert n not in names
     assert os.stat(mounted.root / ".control").st_mode & 0o777 == 0o600
 
 
@@ -204,7 +206,7 @@ def test_scandir_types_and_inodes(mounted):
             if e.is_dir(follow_symlinks=False):
                 stack.append(e.path)
     assert len(seen) == len(mounted.files) + len(mounted.dirs) + len(
-        [n for n in os.listdir(mounted.root) if n in util.RESERVED + util.FUTURE_RESERVED])
+        [n for n in os.listdir(mounted.root) if n in util.RESERVED])
 
 
 def expected_tensor_xattrs(model, name):

@@ -64,7 +64,7 @@ def test_diffusers_folder(tmp_path, mount):
     (d / "scheduler" / "scheduler_config.json").write_text("{}")
     (d / "model_index.json").write_text("{}")
     m = mount(d)
-    assert sorted(os.listdir(m.mnt)) == [".control", ".header.json", ".metadata.json", "text_encoder", "unet"]
+    assert sorted(os.listdir(m.mnt)) == [".header.json", ".metadata.json", "text_encoder", "unet"]
     check_against_shards(Path(m.mnt) / "unet", d / "unet", wm, label="unet/")
     t = Path(m.mnt) / "text_encoder" / "emb" / "w"
     assert t.read_bytes() == np.ones((2, 2), np.float16).tobytes()
@@ -96,9 +96,10 @@ def test_index_with_empty_weight_map(tmp_path, as_folder):
 
 
 def test_tensor_in_two_shards(tmp_path):
+    """Shards of one model (one NAME-I-of-N) that both hold a tensor; unrelated files may."""
     d = tmp_path / "c"
     write_sharded(d, index=False)
-    save_file({"model.layers.0.w": np.zeros(1, np.float32)}, str(d / "extra.safetensors"))
+    save_file({"model.layers.0.w": np.zeros(1, np.float32)}, str(d / "model-00003-of-00003.safetensors"))
     refused(tmp_path, d, "is in two shards")
 
 

@@ -28,8 +28,8 @@ EXIT_TIMEOUT = 20.0
 PREFIX = "user.safetensors."
 TENSOR_XATTRS = ("name", "dtype", "shape", "data_offsets", "offset", "file")
 RESERVED = (".header.json", ".metadata.json")
-# The GPU control file (mode 0600), tested in test_control.py.
-FUTURE_RESERVED = (".control",)
+# The GPU control file (mode 0600, tested in test_control.py): reachable by name, never listed.
+UNLISTED = (".control",)
 COLLISION_SUFFIX = ".tensor"
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
                      "ERROR: UndefinedBehaviorSanitizer", "SUMMARY: ")
@@ -307,10 +307,46 @@ def walk(mnt):
         rel = os.path.relpath(top, mnt)
         for group, names in ((dirs, dnames), (files, fnames)):
             for n in names:
-                if rel == "." and n in RESERVED + FUTURE_RESERVED:
+                if rel == "." and n in RESERVED:
                     continue
                 group.append(n if rel == "." else f"{rel}/{n}")
     return files, dirs
+
+
+def assert_nothing_mounted(mnt, before, out, err):
+    """What a refused mount leaves: no report, nothing on stdout, MNT empty and unmounted,
+    and no mount line added below MNT's parent since `before` (mount_lines)."""
+    assert not any(m in err for m in SANITIZER_MARKERS), err
+    assert out == ""
+    assert not os.path.ismount(mnt)
+    assert mount_lines(Path(mnt).parent) == before
+    assert os.listdir(mnt) == []
+
+
+def official_refuses(path):
+    """Whether the official safetensors library refuses the file (the cases' own check)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="np") as f:
+            list(f.keys())
+    except Exception:  # noqa: BLE001 - any refusal will do
+        return True
+    return False
+
+
+def small_model(tmp_path, name="m.safetensors"):
+    """A small model written by the official library: (its path, {name: array})."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    p = Path(tmp_path) / name
+    rng = np.random.default_rng(5)
+    tensors = {
+        "w.big": rng.standard_normal((256, 300)).astype(np.float32),
+        "w.small": rng.integers(0, 255, (17,), dtype=np.uint8),
+        "other": rng.standard_normal((8,)).astype(np.float64),
+    }
+    save_file(tensors, str(p))
+    return p, tensors
 
 
 # ------------------------------------------------------ an independent header reader
