@@ -6,6 +6,7 @@
 #include "folder.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,34 +19,23 @@ struct parsed {
 	size_t stem_len;
 	size_t var_at, var_len;     /* ".VARIANT" starts at var_at; var_len 0: none */
 	size_t shard_at, shard_len; /* "-I-of-N"; shard_len 0: not a shard */
+	size_t part_at, part_len;   /* I's digits */
 	size_t of_at, of_len;       /* N's digits */
 	char *base;                 /* the stem without either: files of one model share it */
 	char *group;                /* the stem without "-I-of-N": the group's directory */
 	int keep;
 };
 
+/*
+ * The variants diffusers and transformers save next to the plain weights.  Only these
+ * give way to a plain file by default: a loras/ folder's "style.v2" is a file of its own,
+ * unless -o variant=v2 names it.
+ */
+static const char *const known_variants[] = {"fp16", "bf16", "fp32", "fp8", "ema", "non_ema"};
+
 static int is_digit(char c)
 {
 	return c >= '0' && c <= '9';
-}
-
-/* The length of a "-I-of-N" that ends s[0..len), or 0; where N's digits are. */
-static size_t shard_suffix(const char *s, size_t len, size_t *of_at, size_t *of_len)
-{
-	size_t i = len;
-
-	while (i > 0 && is_digit(s[i - 1]))
-		i--;
-	if (i == len || i < 4 || memcmp(s + i - 4, "-of-", 4) != 0)
-		return 0;
-	*of_at = i;
-	*of_len = len - i;
-	size_t j = i - 4;
-	while (j > 0 && is_digit(s[j - 1]))
-		j--;
-	if (j == i - 4 || j == 0 || s[j - 1] != '-')
-		return 0;
-	return len - (j - 1);
 }
 
 static int is_letter(char c)
@@ -53,21 +43,51 @@ static int is_letter(char c)
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-/*
- * The ".VARIANT" that ends s[0..len), or 0: a letter, then letters, digits and '_'
- * (fp16, bf16, non_ema), so that a version such as "sd_xl_base_1.0" is no variant.
- */
-static size_t variant_suffix(const char *s, size_t len)
+/* The length of a "-I-of-N" that ends s[0..len) after a BASE of at least one byte, or 0. */
+static size_t shard_suffix(const char *s, size_t len, struct parsed *p)
 {
 	size_t i = len;
 
-	while (i > 0 && s[i - 1] != '.') {
-		char c = s[i - 1];
-		if (!(is_digit(c) || is_letter(c) || c == '_'))
-			return 0;
+	while (i > 0 && is_digit(s[i - 1]))
 		i--;
-	}
-	return i > 1 && i < len && is_letter(s[i]) ? len - (i - 1) : 0;
+	if (i == len || i < 4 || memcmp(s + i - 4, "-of-", 4) != 0)
+		return 0;
+	size_t j = i - 4;
+	while (j > 0 && is_digit(s[j - 1]))
+		j--;
+	if (j == i - 4 || j < 2 || s[j - 1] != '-')
+		return 0;
+	p->part_at = j;
+	p->part_len = i - 4 - j;
+	p->of_at = i;
+	p->of_len = len - i;
+	return len - (j - 1);
+}
+
+bool folder_variant_name(const char *name)
+{
+	if (!is_letter(name[0]))
+		return false;
+	for (const char *c = name; *c; c++)
+		if (!(is_letter(*c) || is_digit(*c) || *c == '_'))
+			return false;
+	return true;
+}
+
+/* The ".VARIANT" that ends s[0..len) (a known variant, or the one asked for), or 0. */
+static size_t variant_suffix(const char *s, size_t len, const char *variant)
+{
+	const char *dot = memrchr(s, '.', len);
+
+	if (!dot || dot == s)
+		return 0;
+	size_t n = len - (size_t)(dot + 1 - s);
+	if (variant && strlen(variant) == n && memcmp(dot + 1, variant, n) == 0)
+		return n + 1;
+	for (size_t i = 0; i < sizeof(known_variants) / sizeof(*known_variants); i++)
+		if (strlen(known_variants[i]) == n && memcmp(dot + 1, known_variants[i], n) == 0)
+			return n + 1;
+	return 0;
 }
 
 /* s[0..len) without the bytes [cut, cut+n). */
@@ -83,21 +103,21 @@ static char *without(const char *s, size_t len, size_t cut, size_t n)
 	return out;
 }
 
-static int parse(const char *name, struct parsed *p)
+static int parse(const char *name, const char *variant, struct parsed *p)
 {
 	const char *s = name;
 	size_t len = strlen(name) - strlen(WEIGHTS_SUFFIX), v;
 
 	*p = (struct parsed){.name = name, .stem_len = len};
 	/* BASE.VARIANT-I-of-N, or BASE-I-of-N.VARIANT, or BASE.VARIANT, or BASE-I-of-N */
-	if ((p->shard_len = shard_suffix(s, len, &p->of_at, &p->of_len))) {
+	if ((p->shard_len = shard_suffix(s, len, p))) {
 		p->shard_at = len - p->shard_len;
-		if ((v = variant_suffix(s, p->shard_at)))
+		if ((v = variant_suffix(s, p->shard_at, variant)))
 			p->var_at = p->shard_at - v, p->var_len = v - 1;
-	} else if ((v = variant_suffix(s, len))) {
+	} else if ((v = variant_suffix(s, len, variant))) {
 		p->var_at = len - v;
 		p->var_len = v - 1;
-		if ((p->shard_len = shard_suffix(s, p->var_at, &p->of_at, &p->of_len)))
+		if ((p->shard_len = shard_suffix(s, p->var_at, p)))
 			p->shard_at = p->var_at - p->shard_len;
 	}
 	p->group = without(s, len, p->shard_at, p->shard_len);
@@ -177,6 +197,48 @@ static int add_group(struct folder_pick *pick, size_t *cap, const char *name, si
 	return 0;
 }
 
+/* The decimal number s[0..len), or ULONG_MAX past nine digits (no shard count is that large). */
+static unsigned long number(const char *s, size_t len)
+{
+	unsigned long v = 0;
+
+	if (len > 9)
+		return ULONG_MAX;
+	for (size_t i = 0; i < len; i++)
+		v = v * 10 + (unsigned long)(s[i] - '0');
+	return v;
+}
+
+/*
+ * Shards ps[0..count) of one model, all "-I-of-N" with one N: every I from 1 to N once.
+ * Without an index nothing else says what the model holds, so a partial download must not
+ * mount as if it were whole.
+ */
+static int check_complete(const struct parsed *ps, size_t count, char *err, size_t errlen)
+{
+	unsigned long of = number(ps[0].name + ps[0].of_at, ps[0].of_len);
+	char *seen = of == count ? calloc(count + 1, 1) : NULL;
+	int rc = 0;
+
+	if (of == count && !seen)
+		return -ENOMEM;
+	for (size_t i = 0; seen && i < count && !rc; i++) {
+		unsigned long part = number(ps[i].name + ps[i].part_at, ps[i].part_len);
+		if (part < 1 || part > of || seen[part])
+			rc = -EINVAL;
+		else
+			seen[part] = 1;
+	}
+	free(seen);
+	if (of != count)
+		snprintf(err, errlen, "'%s' has %zu of its %lu shards here (%s, ...; a download cut short?): "
+			 "fetch the rest, or mount the model's index", ps[0].group, count, of, ps[0].name);
+	else if (rc)
+		snprintf(err, errlen, "'%s' has shards numbered twice or outside 1 to %lu (%s, ...): mount the model's index",
+			 ps[0].group, of, ps[0].name);
+	return of != count || rc ? -EINVAL : 0;
+}
+
 /* Runs of one group among the first `kept` entries; two runs of one name would be one directory. */
 static int make_groups(const struct parsed *ps, size_t kept, struct folder_pick *pick, char *err, size_t errlen)
 {
@@ -196,6 +258,12 @@ static int make_groups(const struct parsed *ps, size_t kept, struct folder_pick 
 			return -ENOMEM;
 		pick->groups[pick->n_groups - 1].count = 1;
 	}
+	for (size_t g = 0; g < pick->n_groups; g++) {
+		const struct folder_group *gr = &pick->groups[g];
+		int rc = ps[gr->first].shard_len ? check_complete(ps + gr->first, gr->count, err, errlen) : 0;
+		if (rc)
+			return rc;
+	}
 	return 0;
 }
 
@@ -209,8 +277,10 @@ int folder_pick(char **names, size_t *n, const char *variant, struct folder_pick
 	memset(pick, 0, sizeof(*pick));
 	if (!ps)
 		return -ENOMEM;
+	for (size_t i = 0; i < *n; i++)
+		ps[i].name = names[i]; /* all of them, so that each is freed also when one parse fails */
 	for (size_t i = 0; i < *n && !rc; i++)
-		rc = parse(names[i], &ps[i]);
+		rc = parse(names[i], variant, &ps[i]);
 	if (!rc) {
 		qsort(ps, *n, sizeof(*ps), by_base);
 		choose(ps, *n, variant, &pick->variant_found);

@@ -44,4 +44,7 @@ int folder_pick(char **names, size_t *n, const char *variant, struct folder_pick
 		size_t errlen);
 void folder_pick_free(struct folder_pick *pick);
 
+/* Whether `name` can be a variant: a letter, then letters, digits and '_' (fp16, non_ema). */
+bool folder_variant_name(const char *name);
+
 #endif

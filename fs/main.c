@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../gpu_direct/gpu.h"
+#include "folder.h"
 #include "fs.h"
 #include "loop.h"
 #include "mountpoint.h"
@@ -384,6 +385,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return fail("layout", "must be tree or flat");
 	if (loop_options(&fs->opt, cmd, cpus) || size_options(&fs->opt, reply_max) || owner_options(fs))
 		return 1;
+	if (fs->opt.variant && !folder_variant_name(fs->opt.variant))
+		return fail("variant", "must be a name such as fp16: a letter, then letters, digits or _");
 	fs->mountpoint_fd = mountpoint_open(cmd->mountpoint, fs->opt.source, fs->mountpoint_fd_path, err, sizeof(err));
 	if (fs->mountpoint_fd < 0)
 		return fail(cmd->mountpoint, err);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,9 +36,14 @@ static int ends_with(const char *s, const char *suffix)
 	return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static int fail(char *err, int rc, const char *fmt, const char *a, const char *b)
+/* The line of a refusal into err; returns rc.  Checked like printf, so arguments match. */
+__attribute__((format(printf, 3, 4))) static int fail(char *err, int rc, const char *fmt, ...)
 {
-	snprintf(err, ST_ERR_LEN, fmt, a, b);
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, ST_ERR_LEN, fmt, ap);
+	va_end(ap);
 	return rc;
 }
 
@@ -165,12 +171,13 @@ static int find_index(const char *dir, const char *variant, char **path, char *e
 	return rc;
 }
 
-/* The component a group of files becomes: the folder's own when it is the only group. */
-static char *group_component(const char *rel, const struct folder_pick *pick, size_t g)
+/* The component a group of files becomes: the folder's own when it is the only group (and
+ * the folder's files need no directory of their own: `named`). */
+static char *group_component(const char *rel, const struct folder_pick *pick, size_t g, bool named)
 {
 	char *name;
 
-	if (pick->n_groups == 1)
+	if (pick->n_groups == 1 && !named)
 		return strdup(rel);
 	if (!rel[0])
 		return strdup(pick->groups[g].name);
@@ -179,13 +186,13 @@ static char *group_component(const char *rel, const struct folder_pick *pick, si
 
 /* The groups folder_pick made of dir's files: one is the folder's model, several one directory each. */
 static int add_groups(struct source *src, const char *dir, const char *rel, char **files,
-		      const struct folder_pick *pick)
+		      const struct folder_pick *pick, bool named)
 {
 	int rc = 0;
 
 	for (size_t g = 0; g < pick->n_groups && !rc; g++) {
 		const struct folder_group *gr = &pick->groups[g];
-		char *name = group_component(rel, pick, g);
+		char *name = group_component(rel, pick, g, named);
 		long c = name ? add_component(src, name, dir) : -ENOMEM;
 		free(name);
 		if (c < 0)
@@ -224,8 +231,20 @@ static int choose_weights(struct source *src, const char *dir, const char *rel, 
 	return fail(err, picked, rel[0] ? "%s: %s" : "%s%s", rel, why);
 }
 
-/* A folder's weights (choose_weights) as components.  Returns 1 if it has none. */
-static int load_folder(struct source *src, const char *dir, const char *rel, char *err)
+/* "model" of DIR/model.safetensors.index[.VARIANT].json: the directory it needs beside others. */
+static char *index_component(const char *index)
+{
+	const char *file = strrchr(index, '/') ? strrchr(index, '/') + 1 : index;
+
+	return strndup(file, (size_t)(strstr(file, INDEX_SUFFIX_STEM) - file));
+}
+
+/*
+ * A folder's weights (choose_weights) as components: the folder's own, or with `named` one
+ * directory per model even when it holds one (its subfolders have weights too).  Returns 1
+ * if it has none.
+ */
+static int load_folder(struct source *src, const char *dir, const char *rel, bool named, char *err)
 {
 	struct folder_pick pick = {0};
 	char **files = NULL, *index = NULL;
@@ -233,10 +252,12 @@ static int load_folder(struct source *src, const char *dir, const char *rel, cha
 	int rc = choose_weights(src, dir, rel, &index, &files, &n_files, &pick, err);
 
 	if (!rc && index) {
-		long c = add_component(src, rel, dir);
+		char *name = named ? index_component(index) : strdup(rel);
+		long c = name ? add_component(src, name, dir) : -ENOMEM;
+		free(name);
 		rc = c < 0 ? -ENOMEM : load_index(src, index, rel, (size_t)c, err);
 	} else if (!rc) {
-		rc = n_files == 0 ? 1 : add_groups(src, dir, rel, files, &pick);
+		rc = n_files == 0 ? 1 : add_groups(src, dir, rel, files, &pick, named);
 	}
 	free(index);
 	free_list(files, n_files);
@@ -257,14 +278,56 @@ static int load_subfolders(struct source *src, const char *dir, char *err)
 			rc = -ENOMEM;
 			break;
 		}
-		rc = load_folder(src, p, subs[i], err);
+		rc = load_folder(src, p, subs[i], false, err);
 		found |= rc == 0;
 		free(p);
 	}
 	free_list(subs, n_subs);
 	if (rc < 0)
 		return rc;
-	return found ? 0 : fail(err, -EINVAL, "%s holds no .safetensors file or index%s", dir, "");
+	return found ? 0 : fail(err, -EINVAL, "%s holds no .safetensors file or index", dir);
+}
+
+/* Whether a subfolder of DIR holds .safetensors files or an index (as diffusers repos do). */
+static bool subfolders_have_weights(const char *dir)
+{
+	char **subs, **files;
+	size_t n_subs, n_files;
+	bool found = false;
+
+	if (list_dir(dir, NULL, &subs, &n_subs) < 0)
+		return false;
+	for (size_t i = 0; i < n_subs && !found; i++) {
+		char *p;
+		if (asprintf(&p, "%s/%s", dir, subs[i]) < 0)
+			break;
+		if (list_dir(p, SHARD_SUFFIX, &files, &n_files) == 0) {
+			found = n_files > 0;
+			free_list(files, n_files);
+		}
+		if (!found && list_dir(p, ".json", &files, &n_files) == 0) {
+			for (size_t j = 0; j < n_files && !found; j++)
+				found = strstr(files[j], INDEX_SUFFIX_STEM) != NULL;
+			free_list(files, n_files);
+		}
+		free(p);
+	}
+	free_list(subs, n_subs);
+	return found;
+}
+
+/* The root's own files (components [0, from_root)) beside its subfolders: one name each. */
+static int check_top_names(const struct source *src, size_t from_root, char *err)
+{
+	for (size_t i = 0; i < from_root; i++)
+		for (size_t j = from_root; j < src->n_components; j++) {
+			const char *a = src->components[i].name, *b = src->components[j].name;
+			size_t n = strlen(a);
+			if (strncmp(a, b, n) == 0 && (b[n] == '\0' || b[n] == '/'))
+				return fail(err, -EINVAL, "'%s' would be the directory both of files beside the "
+					    "subfolders and of the subfolder %s/: name one of them as SOURCE", a, a);
+		}
+	return 0;
 }
 
 static int find_shards(struct source *src, const char *path, char *err)
@@ -273,11 +336,15 @@ static int find_shards(struct source *src, const char *path, char *err)
 	int rc;
 
 	if (stat(path, &st) < 0)
-		return fail(err, -errno, "%s%s", strerror(errno), "");
+		return fail(err, -errno, "%s", strerror(errno));
 	if (S_ISDIR(st.st_mode)) {
-		rc = load_folder(src, path, "", err);
-		if (rc == 1)
+		bool subs = subfolders_have_weights(path);
+		rc = load_folder(src, path, "", subs, err);
+		size_t from_root = src->n_components;
+		if (rc == 1 || (rc == 0 && subs))
 			rc = load_subfolders(src, path, err);
+		if (rc == 0)
+			rc = check_top_names(src, from_root, err);
 		if (rc == 0 && src->variant && !src->variant_found)
 			rc = fail(err, -EINVAL, "no file of variant %s here (*.%s.safetensors or an index of it)",
 				  src->variant, src->variant);
@@ -291,7 +358,7 @@ static int find_shards(struct source *src, const char *path, char *err)
 	if (c < 0)
 		rc = -ENOMEM;
 	else if (src->variant)
-		rc = fail(err, -EINVAL, "-o variant=%s picks among a folder's files: name the folder%s", src->variant, "");
+		rc = fail(err, -EINVAL, "-o variant=%s picks among a folder's files: name the folder", src->variant);
 	else if (ends_with(path, ".index.json"))
 		rc = load_index(src, path, "", (size_t)c, err);
 	else {
@@ -465,7 +532,7 @@ int source_open(const char *path, const char *variant, struct source *src, char 
 		src->components[c].count = (c + 1 < src->n_components ? src->components[c + 1].first
 								    : src->n_shards) - src->components[c].first;
 	if (!rc && src->n_shards == 0) /* every way of finding shards refuses this; a last guard */
-		rc = fail(err, -EINVAL, "%s%s", "holds no .safetensors shard", "");
+		rc = fail(err, -EINVAL, "holds no .safetensors shard");
 	if (!rc)
 		rc = ensure_fds(src->n_shards, err);
 	if (!rc)

@@ -194,17 +194,22 @@ def test_two_groups_of_one_name_are_refused(tmp_path):
     assert rc == 1 and len(err.splitlines()) == 1 and "would both be the directory 'm'" in err, err
 
 
-def test_index_wins_over_files_that_would_not_group(tmp_path, mount):
-    """An index names the model; other files beside it (a consolidated copy) are no matter."""
-    d = tmp_path / "c"
-    d.mkdir()
+def two_shards_with_index(d):
+    """model-0000{1,2}-of-00002.safetensors and their index in d."""
+    d.mkdir(parents=True, exist_ok=True)
     wm = {}
     for s in (1, 2):
         fname = f"model-{s:05d}-of-00002.safetensors"
         save_file({f"layers.{s}.w": np.full(3, s, np.float32)}, str(d / fname))
         wm[f"layers.{s}.w"] = fname
-    save_file({"layers.1.w": np.zeros(3, np.float32)}, str(d / "model.safetensors"))
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+
+
+def test_index_wins_over_files_that_would_not_group(tmp_path, mount):
+    """An index names the model; other files beside it (a consolidated copy) are no matter."""
+    d = tmp_path / "c"
+    two_shards_with_index(d)
+    save_file({"layers.1.w": np.zeros(3, np.float32)}, str(d / "model.safetensors"))
     m = mount(d)
     for s in (1, 2):
         check_file(m.mnt, d / f"model-{s:05d}-of-00002.safetensors", f"model-{s:05d}-of-00002.safetensors")
@@ -241,3 +246,76 @@ def test_lora_folder_root_metadata_is_what_all_share(tmp_path, mount):
     assert os.getxattr(m.mnt, PREFIX + "metadata.format") == b"pt"
     assert PREFIX + "metadata.ss_network_dim" not in os.listxattr(m.mnt)
     assert os.getxattr(m.mnt / "style_b", PREFIX + "metadata.ss_network_dim") == b"8"
+
+
+def test_root_files_beside_diffusers_subfolders(tmp_path, mount):
+    """SDXL's repo: single-file checkpoints in the root next to the diffusers subfolders.
+    The subfolders were hidden, and -o variant=fp16 refused as "no file of variant"."""
+    d = tmp_path / "sdxl"
+    sd_repo(d)
+    for stem in ("sd_xl_base_1.0", "sd_xl_base_1.0_0.9vae"):
+        save_file({"model.diffusion_model.w": np.ones(2, np.float32)}, str(d / f"{stem}.safetensors"))
+    m = mount(d)
+    assert sorted(n for n in os.listdir(m.mnt) if not n.startswith(".")) == [
+        "sd_xl_base_1.0", "sd_xl_base_1.0_0.9vae", "text_encoder", "unet", "vae"]
+    check_file(m.mnt / "sd_xl_base_1.0", d / "sd_xl_base_1.0.safetensors", "sd_xl_base_1.0.safetensors")
+    check_file(m.mnt / "vae", d / "vae" / "diffusion_pytorch_model.safetensors",
+               "vae/diffusion_pytorch_model.safetensors")
+    m2 = mount(d, "-o", "variant=fp16")
+    check_file(m2.mnt / "vae", d / "vae" / "diffusion_pytorch_model.fp16.safetensors",
+               "vae/diffusion_pytorch_model.fp16.safetensors")
+
+
+def test_one_model_beside_subfolders_gets_its_directory(tmp_path, mount):
+    """An index in the root and a subfolder with weights: each is a directory, none hidden."""
+    d = tmp_path / "repo"
+    two_shards_with_index(d)
+    (d / "draft").mkdir()
+    save_file({"w": np.ones(2, np.float32)}, str(d / "draft" / "model.safetensors"))
+    m = mount(d)
+    assert sorted(n for n in os.listdir(m.mnt) if not n.startswith(".")) == ["draft", "model"]
+    for s in (1, 2):
+        check_file(m.mnt / "model", d / f"model-{s:05d}-of-00002.safetensors", f"model-{s:05d}-of-00002.safetensors")
+    check_file(m.mnt / "draft", d / "draft" / "model.safetensors", "draft/model.safetensors")
+
+
+def test_root_file_named_as_a_subfolder_is_refused(tmp_path):
+    d = tmp_path / "c"
+    sd_repo(d)
+    save_file({"w": np.ones(2, np.float32)}, str(d / "vae.safetensors"))
+    (tmp_path / "mnt").mkdir()
+    rc, _, err = util.run_refused(d, tmp_path / "mnt")
+    assert rc == 1 and len(err.splitlines()) == 1 and "subfolder vae/" in err, err
+
+
+def test_partial_shard_set_is_refused(tmp_path):
+    """Two of three shards and no index (a download cut short) mounted as if whole."""
+    d = tmp_path / "c"
+    d.mkdir()
+    for s in (1, 2):
+        save_file({f"layers.{s}.w": np.full(3, s, np.float32)}, str(d / f"model-{s:05d}-of-00003.safetensors"))
+    (tmp_path / "mnt").mkdir()
+    rc, _, err = util.run_refused(d, tmp_path / "mnt")
+    assert rc == 1 and len(err.splitlines()) == 1 and "'model' has 2 of its 3 shards here" in err, err
+
+
+def test_other_dotted_names_are_files_of_their_own(tmp_path, mount):
+    """lora.v2 is no variant of lora unless -o variant=v2 says so."""
+    d = tmp_path / "loras"
+    d.mkdir()
+    save_file({"w": np.ones(2, np.float16)}, str(d / "lora.safetensors"))
+    save_file({"w": np.zeros(2, np.float16)}, str(d / "lora.v2.safetensors"))
+    m = mount(d)
+    assert sorted(n for n in os.listdir(m.mnt) if not n.startswith(".")) == ["lora", "lora.v2"]
+    m2 = mount(d, "-o", "variant=v2")
+    assert check_file(m2.mnt, d / "lora.v2.safetensors", "lora.v2.safetensors") == ["w"]
+
+
+@pytest.mark.parametrize("variant", ["", "a/b", "*", "..", "1x", "fp-16"])
+def test_bad_variant_names_are_refused(tmp_path, variant):
+    """-o variant= (empty) matched every plain file; others gave confusing messages later."""
+    d = tmp_path / "sd"
+    sd_repo(d)
+    (tmp_path / "mnt").mkdir()
+    rc, _, err = util.run_refused(d, tmp_path / "mnt", ("-o", f"variant={variant}"))
+    assert rc == 1 and err.startswith("safetensorsfs: variant: ") and len(err.splitlines()) == 1, err

@@ -97,6 +97,24 @@ int main(void)
 	EXPECT(NULL, "sd_xl_base_1:sd_xl_base_1.safetensors;sd_xl_base_1.0:sd_xl_base_1.0.safetensors;",
 	       "sd_xl_base_1.0.safetensors", "sd_xl_base_1.safetensors");
 	EXPECT(NULL, "a:a.safetensors;a.b-c:a.b-c.safetensors;", "a.b-c.safetensors", "a.safetensors");
+	/* Only known variants give way by default; any other suffix is a file of its own. */
+	EXPECT(NULL, "lora:lora.safetensors;lora.v2:lora.v2.safetensors;", "lora.safetensors", "lora.v2.safetensors");
+	EXPECT("v2", "lora.v2:lora.v2.safetensors;", "lora.safetensors", "lora.v2.safetensors");
+	EXPECT(NULL, "m:m.safetensors;", "m.bf16.safetensors", "m.ema.safetensors", "m.non_ema.safetensors",
+	       "m.safetensors");
+	/* "-I-of-N" needs a BASE before it. */
+	EXPECT(NULL, "-00001-of-00002:-00001-of-00002.safetensors;-00002-of-00002:-00002-of-00002.safetensors;"
+	       "other:other.safetensors;",
+	       "-00001-of-00002.safetensors", "-00002-of-00002.safetensors", "other.safetensors");
+	/* Without an index, a shard set must be whole: a partial download is refused. */
+	EXPECT(NULL, "error: 'model' has 2 of its 3 shards here (model-00001-of-00003.safetensors, ...; a download cut short?): fetch the rest, or mount the model's index",
+	       "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors");
+	EXPECT(NULL, "error: 'm' has shards numbered twice or outside 1 to 2 (m-01-of-2.safetensors, ...): mount the model's index",
+	       "m-01-of-2.safetensors", "m-1-of-2.safetensors");
+	EXPECT(NULL, "error: 'm' has shards numbered twice or outside 1 to 2 (m-00002-of-00002.safetensors, ...): mount the model's index",
+	       "m-00002-of-00002.safetensors", "m-00003-of-00002.safetensors");
+	EXPECT(NULL, "error: 'm' has shards numbered twice or outside 1 to 1 (m-00000-of-00001.safetensors, ...): mount the model's index",
+	       "m-00000-of-00001.safetensors");
 	/* variant_found says whether any file of the variant was taken. */
 	{
 		const char *files[] = {"x.fp16.safetensors", "x.safetensors", "y.safetensors", NULL};

@@ -2,7 +2,7 @@
  * libFuzzer target for fs/folder.c: the input is file names, one per line (the first line,
  * if it starts with '@', names a variant).  Checks that what folder_pick keeps is a subset
  * of its input, that its groups cover the kept names exactly once, and that no two groups
- * share a directory name.
+ * share a directory name and none has an empty one.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (folder_pick(names, &kept, variant, &p, err, sizeof(err)) == 0) {
 		size_t covered = 0;
 		for (size_t g = 0; g < p.n_groups; g++) {
-			if (p.groups[g].first != covered || p.groups[g].count == 0)
+			if (p.groups[g].first != covered || p.groups[g].count == 0 || !p.groups[g].name[0])
 				__builtin_trap();
 			covered += p.groups[g].count;
 			for (size_t h = 0; h < g; h++)
