@@ -82,18 +82,24 @@ static long add_component(struct source *src, const char *name, const char *dir)
 	return (long)src->n_components++;
 }
 
-/* The index's shards, in the index's (sorted) file order. */
-static int load_index(struct source *src, const char *index_path, const char *rel, size_t component, char *err)
+/* The index's shards, in the index's (sorted) file order.  The index is named in a refusal
+ * unless it is SOURCE itself, which main.c names. */
+static int load_index(struct source *src, const char *index_path, const char *rel, size_t component,
+		      bool is_source, char *err)
 {
 	struct component *c = &src->components[component];
 	int fd = open(index_path, O_RDONLY | O_CLOEXEC), rc;
+	char why[ST_ERR_LEN];
 
 	if (fd < 0)
 		return fail(err, -errno, "%s: %s", index_path, strerror(errno));
-	rc = st_index_read_fd(fd, &c->ix, err);
+	rc = st_index_read_fd(fd, &c->ix, why);
 	close(fd);
-	if (rc)
-		return rc;
+	if (rc) {
+		const char *file = strrchr(index_path, '/') ? strrchr(index_path, '/') + 1 : index_path;
+		return is_source ? fail(err, rc, "%s", why)
+			     : fail(err, rc, "%s%s%s: %.*s", rel, rel[0] ? "/" : "", file, ST_ERR_LEN / 2, why);
+	}
 	c->has_index = true;
 	for (size_t i = 0; i < c->ix.n_files && !rc; i++)
 		rc = add_shard(src, c->dir, rel, c->ix.strings + c->ix.files[i].name, component);
@@ -255,7 +261,7 @@ static int load_folder(struct source *src, const char *dir, const char *rel, boo
 		char *name = named ? index_component(index) : strdup(rel);
 		long c = name ? add_component(src, name, dir) : -ENOMEM;
 		free(name);
-		rc = c < 0 ? -ENOMEM : load_index(src, index, rel, (size_t)c, err);
+		rc = c < 0 ? -ENOMEM : load_index(src, index, rel, (size_t)c, false, err);
 	} else if (!rc) {
 		rc = n_files == 0 ? 1 : add_groups(src, dir, rel, files, &pick, named);
 	}
@@ -360,7 +366,7 @@ static int find_shards(struct source *src, const char *path, char *err)
 	else if (src->variant)
 		rc = fail(err, -EINVAL, "-o variant=%s picks among a folder's files: name the folder", src->variant);
 	else if (ends_with(path, ".index.json"))
-		rc = load_index(src, path, "", (size_t)c, err);
+		rc = load_index(src, path, "", (size_t)c, true, err);
 	else {
 		rc = add_shard(src, dir, "", strrchr(path, '/') ? strrchr(path, '/') + 1 : path, (size_t)c);
 		src->named_file = true;

@@ -374,11 +374,10 @@ static const struct wrong_kind {
 	{is_json, "a JSON file, not safetensors weights: name the .safetensors file, its folder or its index"},
 };
 
-/* What the first `len` bytes say the file is, or NULL. */
-static const char *wrong_kind(const uint8_t *head, size_t len)
+const char *st_wrong_kind(const uint8_t *head, size_t len, bool json_expected)
 {
 	for (size_t i = 0; i < sizeof(wrong_kinds) / sizeof(wrong_kinds[0]); i++)
-		if (wrong_kinds[i].looks_like(head, len))
+		if (wrong_kinds[i].looks_like(head, len) && !(json_expected && wrong_kinds[i].looks_like == is_json))
 			return wrong_kinds[i].what;
 	return NULL;
 }
@@ -391,7 +390,7 @@ static int check_preamble(const uint8_t *head, size_t got, uint64_t file_size, u
 	for (int i = 7; i >= 0 && file_size >= 8; i--)
 		*n = (*n << 8) | head[i];
 	/* Only a file its length refuses anyway is named for what it looks like (see above). */
-	const char *kind = file_size < 8 || *n > ST_MAX_HEADER_LEN ? wrong_kind(head, got) : NULL;
+	const char *kind = file_size < 8 || *n > ST_MAX_HEADER_LEN ? st_wrong_kind(head, got, false) : NULL;
 	if (kind) {
 		snprintf(err, ST_ERR_LEN, "%s", kind);
 		return -EINVAL;

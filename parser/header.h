@@ -7,6 +7,7 @@
 #ifndef ST_HEADER_H
 #define ST_HEADER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,13 @@ int st_header_parse_buffer(const uint8_t *file, size_t len, struct st_header *h,
 
 /* The same for an open file: reads only the header, checks sizes with fstat. */
 int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN]);
+
+/*
+ * What the first bytes of a file that was refused say it is (a GGUF file, an HTML page,
+ * ...), as one line for its refusal, or NULL.  `json_expected`: the file was to be JSON
+ * (an index), so looking like JSON says nothing.
+ */
+const char *st_wrong_kind(const uint8_t *head, size_t len, bool json_expected);
 
 /*
  * Parse the N-byte JSON header of a file of `file_size` bytes.  Both entry

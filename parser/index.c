@@ -235,6 +235,10 @@ int st_index_read_fd(int fd, struct st_index *ix, char err[ST_ERR_LEN])
 		done += (size_t)r;
 	}
 	rc = st_index_parse(text, done, ix, err);
+	/* An error page saved as the index says more than where its JSON breaks. */
+	const char *kind = rc == -EINVAL ? st_wrong_kind((const uint8_t *)text, done, true) : NULL;
+	if (kind)
+		snprintf(err, ST_ERR_LEN, "%s", kind);
 	free(text);
 	return rc;
 }

@@ -316,3 +316,29 @@ def test_truncated_real_file_keeps_its_reason(tmp_path, case):
     rc, out, err = util.run_refused(path, mnt)
     assert rc == 1 and "runs past the end" in err, err
     assert not any(h in err for h in (PICKLE_HINT, JSON_HINT, ZIP_HINT, HTML_HINT, XML_HINT)), err
+
+
+@pytest.mark.parametrize("as_source", ["index", "folder"])
+def test_index_that_is_an_html_page(tmp_path, as_source):
+    """An index saved from a failed download said "expected a JSON object at byte 0", and in a
+    folder did not say which file."""
+    src = tmp_path / "model"
+    src.mkdir()
+    index = src / "model.safetensors.index.json"
+    index.write_bytes(HTML_404)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    before_mounts = util.mount_lines(tmp_path)
+    source = index if as_source == "index" else src
+    rc, out, err = util.run_refused(source, mnt)
+    check_refused_once(source, index.name, mnt, rc, out, err, before_mounts, HTML_HINT)
+
+
+def test_bad_index_in_a_folder_is_named(tmp_path):
+    d = tmp_path / "pipe" / "unet"
+    d.mkdir(parents=True)
+    (d / "diffusion_pytorch_model.safetensors.index.json").write_text('{"weight_map": 5}')
+    (tmp_path / "mnt").mkdir()
+    rc, _, err = util.run_refused(tmp_path / "pipe", tmp_path / "mnt")
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert "unet/diffusion_pytorch_model.safetensors.index.json: weight_map is not an object" in err, err
