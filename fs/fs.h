@@ -44,6 +44,7 @@ struct fs_options {
 	int has_fsname;         /* the user's -o fsname= and subtype= win over ours */
 	int has_subtype;
 	int auto_unmount;       /* mounted by fusermount3, which cannot use the fd path */
+	int read_only;          /* -o ro (-r): read-only at the VFS level, and no /.control */
 };
 
 struct fs {

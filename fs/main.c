@@ -36,7 +36,7 @@
 #define MIN_IO 4096ul
 
 /* libfuse's options that are looked at here as well (take_option), or refused. */
-enum { KEY_FSNAME, KEY_SUBTYPE, KEY_AUTO_UNMOUNT, KEY_MAX_READ, KEY_MAX_WRITE, KEY_MAX_READAHEAD, KEY_REFUSED };
+enum { KEY_FSNAME, KEY_SUBTYPE, KEY_AUTO_UNMOUNT, KEY_MAX_READ, KEY_MAX_WRITE, KEY_MAX_READAHEAD, KEY_RO, KEY_REFUSED };
 
 #define OPT(t, p) {t, offsetof(struct fs_options, p), 1}
 static const struct fuse_opt option_spec[] = {
@@ -61,6 +61,8 @@ static const struct fuse_opt option_spec[] = {
 	FUSE_OPT_KEY("max_read=", KEY_MAX_READ),
 	FUSE_OPT_KEY("max_write=", KEY_MAX_WRITE),
 	FUSE_OPT_KEY("max_readahead=", KEY_MAX_READAHEAD),
+	FUSE_OPT_KEY("ro", KEY_RO),
+	FUSE_OPT_KEY("-r", KEY_RO),
 	/* ... or refused (refusals). */
 	FUSE_OPT_KEY("blkdev", KEY_REFUSED),
 	FUSE_OPT_KEY("blksize=", KEY_REFUSED),
@@ -121,7 +123,8 @@ static void usage(const char *prog, unsigned long reply_max)
 	       "    -o subtype=NAME        the type is fuse.NAME (default: safetensorsfs)\n"
 	       "    -o max_read=N          largest read request, %lu to %lu bytes\n"
 	       "                           (default: %lu)\n"
-	       "    -o ro                  read-only to the kernel too: /.control refuses writes\n"
+	       "    -o ro                  read-only to the kernel too, and no /.control (uploads):\n"
+	       "                           the fewest requests, for fstab\n"
 	       "The kernel's mount flags (noexec, noatime, ...) and libfuse's connection options\n"
 	       "(max_write=N, max_background=N, splice_read, ...) are in safetensorsfs(1).\n",
 	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US, MIN_IO, reply_max, reply_max);
@@ -191,6 +194,9 @@ static int take_option(void *data, const char *arg, int key, struct fuse_args *o
 		return note_value(&opt->max_write_arg, arg);
 	case KEY_MAX_READAHEAD:
 		return note_value(&opt->max_readahead_arg, arg);
+	case KEY_RO:
+		opt->read_only = 1;
+		return 1;
 	case KEY_REFUSED:
 		return refuse(arg);
 	}

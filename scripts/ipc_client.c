@@ -33,7 +33,8 @@ static char *control(const char *mnt, const char *line)
 
 	snprintf(path, sizeof path, "%s/.control", mnt);
 	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0) {
-		fprintf(stderr, "ipc_client: %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "ipc_client: %s: %s%s\n", path, strerror(errno),
+			errno == ENOENT ? " (a -o ro mount has no uploads)" : "");
 		return NULL;
 	}
 	for (size_t done = 0; done < len;) {

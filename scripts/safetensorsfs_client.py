@@ -75,7 +75,12 @@ def _exchange(fd, line):
 def command(mountpoint, line):
     """Sends one command line through MOUNTPOINT/.control and returns the reply as a dict.
     Raises ControlError when the reply says ok: false."""
-    fd = os.open(os.path.join(mountpoint, ".control"), os.O_RDWR | os.O_CLOEXEC)
+    path = os.path.join(mountpoint, ".control")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ControlError("%s: no such file: the mount is read-only (-o ro), which has no uploads, "
+                           "or no safetensorsfs mount" % path) from None
     try:
         return _exchange(fd, line)
     finally:
