@@ -443,36 +443,49 @@ int st_pread_exact(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
+int st_header_read(st_read_fn *read, void *ctx, uint64_t file_size, struct st_header *h, char err[ST_ERR_LEN])
 {
 	uint8_t head[256] = {0}; /* enough for a BOM and blank lines before "<!DOCTYPE html" */
-	struct stat st;
 	uint64_t n;
 	char *json;
 	int rc;
+
+	memset(h, 0, sizeof(*h));
+	size_t got = file_size < sizeof(head) ? (size_t)file_size : sizeof(head);
+	if ((rc = read(ctx, head, got, 0))) {
+		snprintf(err, ST_ERR_LEN, "cannot read: %s", strerror(-rc));
+		return rc;
+	}
+	if ((rc = check_preamble(head, got, file_size, &n, err)))
+		return rc;
+	if (!(json = malloc(n ? n : 1))) {
+		snprintf(err, ST_ERR_LEN, "out of memory for a %llu-byte header", (unsigned long long)n);
+		return -ENOMEM;
+	}
+	/* The first bytes again, so that a reader that fetches can ask for the header at once. */
+	if ((rc = read(ctx, json, n, 8)))
+		snprintf(err, ST_ERR_LEN, "cannot read the header: %s", strerror(-rc));
+	else
+		rc = st_header_parse_json(json, n, file_size, h, err);
+	free(json);
+	return rc;
+}
+
+static int read_fd(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	return st_pread_exact(*(int *)ctx, buf, len, off);
+}
+
+int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN])
+{
+	struct stat st;
 
 	memset(h, 0, sizeof(*h));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		snprintf(err, ST_ERR_LEN, "not a regular file");
 		return -EINVAL;
 	}
-	size_t got = (size_t)st.st_size < sizeof(head) ? (size_t)st.st_size : sizeof(head);
-	if ((rc = st_pread_exact(fd, head, got, 0))) {
-		snprintf(err, ST_ERR_LEN, "cannot read: %s", strerror(-rc));
-		return rc;
-	}
-	if ((rc = check_preamble(head, got, (uint64_t)st.st_size, &n, err)))
-		return rc;
-	if (!(json = malloc(n ? n : 1))) {
-		snprintf(err, ST_ERR_LEN, "out of memory for a %llu-byte header", (unsigned long long)n);
-		return -ENOMEM;
-	}
-	if ((rc = st_pread_exact(fd, json, n, 8)))
-		snprintf(err, ST_ERR_LEN, "cannot read the header: %s", strerror(-rc));
-	else
-		rc = st_header_parse_json(json, n, (uint64_t)st.st_size, h, err);
-	free(json);
-	return rc;
+	return st_header_read(read_fd, &fd, (uint64_t)st.st_size, h, err);
 }
 
 void st_header_free(struct st_header *h)

@@ -57,6 +57,14 @@ struct st_header {
 int st_header_parse_buffer(const uint8_t *file, size_t len, struct st_header *h,
 			   char err[ST_ERR_LEN]);
 
+/* Reads exactly len bytes at off of some file: 0 or a negative errno. */
+typedef int st_read_fn(void *ctx, void *buf, size_t len, uint64_t off);
+
+/* The same for a file of file_size bytes read through READ: only its header is read, in two
+ * calls (its first bytes, then the header). */
+int st_header_read(st_read_fn *read, void *ctx, uint64_t file_size, struct st_header *h,
+		   char err[ST_ERR_LEN]);
+
 /* The same for an open file: reads only the header, checks sizes with fstat. */
 int st_header_read_fd(int fd, struct st_header *h, char err[ST_ERR_LEN]);
 

@@ -15,7 +15,7 @@
 #include "json_walk.h"
 
 /* Index files are small next to the weights; this bounds a hostile one. */
-#define MAX_INDEX_LEN ST_MAX_HEADER_LEN
+#define MAX_INDEX_LEN ST_MAX_INDEX_LEN
 
 struct index_parse {
 	struct st_index *ix;
@@ -211,6 +211,17 @@ int st_index_parse(const char *json, size_t n, struct st_index *ix, char err[ST_
 	return rc;
 }
 
+int st_index_parse_file(const char *text, size_t len, struct st_index *ix, char err[ST_ERR_LEN])
+{
+	int rc = st_index_parse(text, len, ix, err);
+	/* An error page saved as the index says more than where its JSON breaks. */
+	const char *kind = rc == -EINVAL ? st_wrong_kind((const uint8_t *)text, len, true) : NULL;
+
+	if (kind)
+		snprintf(err, ST_ERR_LEN, "%s", kind);
+	return rc;
+}
+
 int st_index_read_fd(int fd, struct st_index *ix, char err[ST_ERR_LEN])
 {
 	struct stat st;
@@ -234,11 +245,7 @@ int st_index_read_fd(int fd, struct st_index *ix, char err[ST_ERR_LEN])
 		}
 		done += (size_t)r;
 	}
-	rc = st_index_parse(text, done, ix, err);
-	/* An error page saved as the index says more than where its JSON breaks. */
-	const char *kind = rc == -EINVAL ? st_wrong_kind((const uint8_t *)text, done, true) : NULL;
-	if (kind)
-		snprintf(err, ST_ERR_LEN, "%s", kind);
+	rc = st_index_parse_file(text, done, ix, err);
 	free(text);
 	return rc;
 }

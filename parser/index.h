@@ -34,8 +34,13 @@ struct st_index {
 	uint64_t total_size;
 };
 
+/* The reference refuses no index size; this bound keeps a wrong file from filling memory. */
+#define ST_MAX_INDEX_LEN ST_MAX_HEADER_LEN
+
 /* Parses an index file's text; returns 0 or -EINVAL/-ENOMEM with one line in `err`. */
 int st_index_parse(const char *json, size_t n, struct st_index *ix, char err[ST_ERR_LEN]);
+/* st_index_parse for a whole index file's text: a file that is no JSON is named for what it is. */
+int st_index_parse_file(const char *text, size_t len, struct st_index *ix, char err[ST_ERR_LEN]);
 int st_index_read_fd(int fd, struct st_index *ix, char err[ST_ERR_LEN]);
 void st_index_free(struct st_index *ix);
 
