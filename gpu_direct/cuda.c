@@ -427,6 +427,10 @@ static int cu_direct(struct gpu_buffer *b, const struct gpu_range *r, size_t n, 
 			j++;
 		if (j < nfiles || r[i].nbytes == 0)
 			continue;
+		if (r[i].fd < 0) { /* a remote object: only staged copies */
+			gd_say(note, notelen, "a range is no local file");
+			goto out;
+		}
 		files[nfiles].fd = r[i].fd;
 		files[nfiles].direct_fd = -1;
 		nfiles++;

@@ -171,7 +171,7 @@ int gpu_upload(struct gpu_buffer *b, const struct gpu_range *ranges, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		const struct gpu_range *r = &ranges[i];
 
-		if (r->fd < 0)
+		if (r->fd < 0 && !r->read)
 			return gd_fail(-EBADF, err, errlen, "range %zu: no file", i);
 		if (r->dst_offset > b->bytes || r->nbytes > b->bytes - r->dst_offset)
 			return gd_fail(-EINVAL, err, errlen,

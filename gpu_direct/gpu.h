@@ -66,13 +66,20 @@ struct gpu_buffer;
  * /dev/shm path. */
 #define GPU_HANDLE_MAX 160
 
+/* Reads exactly len bytes at off of a source that is no file (a remote object): 0 or a
+ * negative errno. */
+typedef int gpu_read_fn(void *ctx, void *buf, size_t len, uint64_t off);
+
 /* One contiguous run of bytes to copy: nbytes bytes of the file open as fd, from
- * file_offset, to dst_offset in the buffer. fd is only pread, never moved or closed. */
+ * file_offset, to dst_offset in the buffer. fd is only pread, never moved or closed.
+ * With fd -1, the bytes come from read(read_ctx, ...) instead, never by GPUDirect. */
 struct gpu_range {
 	int fd;
 	uint64_t file_offset;
 	uint64_t nbytes;
 	uint64_t dst_offset;
+	gpu_read_fn *read;
+	void *read_ctx;
 };
 
 /* What one backend can do on this machine now (gpu_backends). */
@@ -136,7 +143,7 @@ int gpu_alloc(enum gpu_kind kind, int device, uint64_t bytes, struct gpu_buffer 
 
 /* Copies every range into the buffer by the fastest path the machine has (see the top of
  * this file), and returns once all bytes are on the device. A range past the buffer's end
- * is -EINVAL and a negative fd -EBADF, and nothing is copied; a file that ends before a
+ * is -EINVAL and a negative fd without a read function -EBADF, and nothing is copied; a file that ends before a
  * range does is -EIO; other read errors are pread's (negated). On error the buffer's
  * contents are undefined. opts and stats may be NULL; stats is filled on error too. */
 int gpu_upload(struct gpu_buffer *b, const struct gpu_range *ranges, size_t n,

@@ -75,8 +75,7 @@ static int host_piece(void *ctx, const struct gpu_range *p, char *err, size_t er
 {
 	struct gpu_buffer *b = ctx;
 
-	return gd_pread_full(p->fd, (char *)b->ptr + p->dst_offset, (size_t)p->nbytes,
-			     p->file_offset, err, errlen);
+	return gd_read_range(p, (char *)b->ptr + p->dst_offset, (size_t)p->nbytes, p->file_offset, err, errlen);
 }
 
 int gd_host_upload(struct gpu_buffer *b, const struct gpu_range *r, size_t n, unsigned readers,

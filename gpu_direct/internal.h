@@ -109,6 +109,8 @@ int gd_parallel(const struct gpu_range *r, size_t n, uint64_t chunk, unsigned th
 /* How many pieces of at most chunk bytes the ranges make. */
 uint64_t gd_count_pieces(const struct gpu_range *r, size_t n, uint64_t chunk);
 int gd_pread_full(int fd, void *buf, size_t len, uint64_t off, char *err, size_t errlen);
+/* The same for range R's source: its fd, or its read function. */
+int gd_read_range(const struct gpu_range *r, void *buf, size_t len, uint64_t off, char *err, size_t errlen);
 
 /* A consumer of filled staging buffers: submit starts moving slot's len bytes at src to
  * dst_offset (may return before the copy is done); complete waits until it is done.

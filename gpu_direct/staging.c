@@ -67,6 +67,17 @@ unsigned gd_readers(unsigned asked)
 	return cpus > GD_DEFAULT_MAX_READERS ? GD_DEFAULT_MAX_READERS : (unsigned)cpus;
 }
 
+int gd_read_range(const struct gpu_range *r, void *buf, size_t len, uint64_t off, char *err, size_t errlen)
+{
+	int rc;
+
+	if (r->fd >= 0)
+		return gd_pread_full(r->fd, buf, len, off, err, errlen);
+	if ((rc = r->read(r->read_ctx, buf, len, off)) < 0)
+		return gd_fail(rc, err, errlen, "read at offset %llu: %s", (unsigned long long)off, strerror(-rc));
+	return 0;
+}
+
 int gd_pread_full(int fd, void *buf, size_t len, uint64_t off, char *err, size_t errlen)
 {
 	char *p = buf;
@@ -113,6 +124,8 @@ static int next_piece(struct cursor *c, struct gpu_range *piece)
 	if (len > c->chunk)
 		len = c->chunk;
 	piece->fd = r->fd;
+	piece->read = r->read;
+	piece->read_ctx = r->read_ctx;
 	piece->file_offset = r->file_offset + c->off;
 	piece->dst_offset = r->dst_offset + c->off;
 	piece->nbytes = len;
@@ -174,8 +187,7 @@ static int read_batch(const struct gpu_range *r, const struct batch *b, char *bu
 
 		if (len > b->nbytes - done)
 			len = b->nbytes - done;
-		int rc = gd_pread_full(r[i].fd, buf + done, (size_t)len, r[i].file_offset + off, err,
-				       errlen);
+		int rc = gd_read_range(&r[i], buf + done, (size_t)len, r[i].file_offset + off, err, errlen);
 		if (rc < 0)
 			return rc;
 		done += len;
