@@ -7,7 +7,7 @@ BUILD     ?= build
 PYTHON    ?= python3
 VENV      ?= .venv
 CC        ?= cc
-PKGS      := fuse3 json-c
+PKGS      := fuse3 json-c libcurl
 
 CFLAGS    ?= -O2 -g
 CPPFLAGS  += -D_GNU_SOURCE -DFUSE_USE_VERSION=314 -DSAFETENSORSFS_VERSION=\"$(VERSION)\"
@@ -39,7 +39,7 @@ all: $(BINARIES)
 
 # Without libfuse3's and json-c's headers every object would fail alone: say once what to install.
 $(BUILD)/.build-deps:
-	@pkg-config --exists $(PKGS) || { echo "safetensorsfs: the build needs libfuse3 and json-c: run scripts/deps.sh build (it names the apt-get line)" >&2; exit 1; }
+	@pkg-config --exists $(PKGS) || { echo "safetensorsfs: the build needs libfuse3, json-c and libcurl: run scripts/deps.sh build (it names the apt-get line)" >&2; exit 1; }
 	@mkdir -p $(dir $@) && touch $@
 
 $(BUILD)/%.o: %.c $(wildcard parser/*.h fs/*.h gpu_direct/*.h tests/c/*.h) | $(BUILD)/.build-deps
@@ -94,11 +94,12 @@ bench:
 	scripts/bench/run.sh $(BUILD)/safetensorsfs
 
 # libFuzzer targets (clang): the parser, and the tree/escaping code fed from it.
-# New inputs land in build-fuzz/corpus-*; tests/corpus seeds them.
+# New inputs land in build-fuzz/corpus-*; tests/corpus seeds them, and tests/fuzz/remote-seeds
+# seeds fuzz_remote (S3 listings, Hub trees and URLs rather than safetensors files).
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	$(shell pkg-config --cflags json-c)
-FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree build-fuzz/fuzz_folder
+FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree build-fuzz/fuzz_folder build-fuzz/fuzz_remote
 
 build-fuzz/fuzz_parser: tests/fuzz/fuzz_parser.c $(wildcard parser/*.c parser/*.h)
 	@mkdir -p $(dir $@)
@@ -112,11 +113,18 @@ build-fuzz/fuzz_tree: tests/fuzz/fuzz_tree.c fs/tree.c fs/escape.c $(wildcard pa
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
 
+# The remote sources' parsers (S3 listings, Hub trees, URLs): seeded from tests/fuzz/remote-seeds.
+build-fuzz/fuzz_remote: tests/fuzz/fuzz_remote.c fs/s3.c fs/hub.c fs/http.c fs/remote.c $(wildcard fs/s3.h fs/hub.h fs/http.h fs/remote.h parser/header.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -DSAFETENSORSFS_VERSION=\"$(VERSION)\" $(shell pkg-config --cflags libcurl) $(filter %.c,$^) $(shell pkg-config --libs json-c libcurl) -o $@
+
 fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
-		mkdir -p $$t.corpus && \
-		$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -dict=tests/fuzz/safetensors.dict \
-			-artifact_prefix=build-fuzz/ $$t.corpus tests/corpus || exit 1; \
+		mkdir -p $$t.corpus || exit 1; \
+		case $$t in *fuzz_remote) seeds=tests/fuzz/remote-seeds dict= ;; \
+			*) seeds=tests/corpus dict=-dict=tests/fuzz/safetensors.dict ;; esac; \
+		$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
+			-artifact_prefix=build-fuzz/ $$t.corpus $$seeds || exit 1; \
 	done
 
 corpus:

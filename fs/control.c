@@ -1,4 +1,5 @@
 #include "control.h"
+#include "units.h"
 
 #include <errno.h>
 #include <fnmatch.h>
@@ -23,8 +24,7 @@
 struct item {
 	uint32_t node;                /* the tensor's tree node */
 	const struct view_node *view; /* or NULL */
-	const struct shard *shard;    /* checked after the copy: shard_changed */
-	int fd;
+	const struct shard *shard;    /* read from, and checked after the copy: shard_changed */
 	uint64_t src, nbytes, dst;
 };
 
@@ -59,26 +59,6 @@ static uint64_t default_max_upload(void)
 	long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
 
 	return pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size / 2 : (uint64_t)1 << 32;
-}
-
-/* "N", "NK", "NM" or "NG" (powers of 1024) to bytes; -EINVAL for anything else or overflow. */
-static int parse_size(const char *text, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	if (!text || *text < '0' || *text > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(text, &end, 10);
-	if (*end && !end[1])
-		shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20
-			: *end == 'G' || *end == 'g' ? 30 : 0;
-	if (errno || (*end && !shift) || v > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
 }
 
 int control_init(struct control *c, const char *default_device, const char *max_upload)
@@ -190,7 +170,7 @@ static int add(struct items *it, struct item x)
 static int add_tensor(const struct fs *fs, struct items *it, uint32_t node)
 {
 	const struct node *n = &fs->tree.nodes[node];
-	return add(it, (struct item){node, NULL, shard_of(fs, n), shard_of(fs, n)->fd, tensor_file_offset(fs, n),
+	return add(it, (struct item){node, NULL, shard_of(fs, n), tensor_file_offset(fs, n),
 				     st_tensor_nbytes(tensor_of(fs, n)), 0});
 }
 
@@ -233,7 +213,7 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 				} else {
 					/* src: the tensor's first byte; its slice's runs are added at upload. */
 					const struct node *n = &fs->tree.nodes[vn->tensor];
-					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n), shard_of(fs, n)->fd,
+					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n),
 								   tensor_file_offset(fs, n), vn->plan.size, 0});
 				}
 				free(copy);
@@ -439,15 +419,23 @@ static void tensor_entry(const struct fs *fs, struct jout *j, const struct item 
 struct run_sink {
 	struct gpu_range *r;
 	size_t n;
-	int fd;
+	struct store *store;
 	uint64_t src, dst;
 };
+
+/* A remote shard's bytes, which gpu_direct reads through this (it knows no stores). */
+static int read_store(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	return store_read(ctx, buf, len, off);
+}
 
 static int add_run(void *ctx, uint64_t src_off, uint64_t n)
 {
 	struct run_sink *s = ctx;
+	bool local = s->store->fd >= 0;
 
-	s->r[s->n++] = (struct gpu_range){s->fd, s->src + src_off, n, s->dst};
+	s->r[s->n++] = (struct gpu_range){s->store->fd, s->src + src_off, n, s->dst, local ? NULL : read_store,
+					  local ? NULL : s->store};
 	s->dst += n;
 	return 0;
 }
@@ -478,7 +466,7 @@ static int lay_out(struct items *it, struct gpu_range **out, size_t *nout, uint6
 	for (size_t i = 0; i < it->n; i++) {
 		struct item *x = &it->v[i];
 		x->dst = *total;
-		s.fd = x->fd;
+		s.store = x->shard->store;
 		s.src = x->src;
 		s.dst = x->dst;
 		if (x->view)

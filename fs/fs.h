@@ -45,10 +45,20 @@ struct fs_options {
 	int has_subtype;
 	int auto_unmount;       /* mounted by fusermount3, which cannot use the fd path */
 	int read_only;          /* -o ro (-r): read-only at the VFS level, and no /.control */
+	/* Remote sources (http.h, store.h): as given, then parsed into struct fs.remote. */
+	char *cacert;
+	char *cache_dir;        /* -o cache=DIR */
+	char *connect_timeout_arg;
+	char *read_timeout_arg;
+	char *retries_arg;
+	char *block_size_arg;
+	char *cache_size_arg;
 };
 
 struct fs {
 	struct fs_options opt;
+	struct source_opts source_opts; /* what source_open takes from the options */
+	char shown[512];        /* SOURCE for messages and /proc/mounts: a URL without secrets */
 	enum layout layout;
 	struct source src;
 	struct tree tree;

@@ -18,6 +18,7 @@
 #include "fs.h"
 #include "loop.h"
 #include "mountpoint.h"
+#include "units.h"
 
 #ifndef SAFETENSORSFS_VERSION
 #define SAFETENSORSFS_VERSION "0.1.0"
@@ -54,6 +55,14 @@ static const struct fuse_opt option_spec[] = {
 	OPT("uid=%s", uid_arg),
 	OPT("gid=%s", gid_arg),
 	OPT("umask=%s", umask_arg),
+	/* Remote sources. */
+	OPT("cacert=%s", cacert),
+	OPT("cache=%s", cache_dir),
+	OPT("connect_timeout=%s", connect_timeout_arg),
+	OPT("read_timeout=%s", read_timeout_arg),
+	OPT("retries=%s", retries_arg),
+	OPT("block_size=%s", block_size_arg),
+	OPT("cache_size=%s", cache_size_arg),
 	/* libfuse's, looked at here too and left for it (take_option) ... */
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
@@ -108,7 +117,21 @@ static void usage(const char *prog, unsigned long reply_max)
 	       "    -o uid=N               the owner every file and directory shows, a number\n"
 	       "    -o gid=N               their group, a number (default: the mounting user's)\n"
 	       "    -o umask=M             octal bits cleared from every mode (files 0444,\n"
-	       "                           directories 0555; /.control stays 0600)\n\n"
+	       "                           directories 0555; /.control stays 0600)\n"
+	       "Remote SOURCEs (http://, https://, s3://BUCKET/KEY or PREFIX/, hf://ORG/REPO):\n"
+	       "    -o cacert=FILE         trust the CAs in FILE (default: the system's)\n"
+	       "    -o connect_timeout=S   seconds to connect (default %u)\n"
+	       "    -o read_timeout=S      seconds without a byte before a transfer is retried\n"
+	       "                           (default %u)\n"
+	       "    -o retries=N           more tries after a 5xx, 429 or cut connection, 0 to 20\n"
+	       "                           (default %u); then the read fails with EIO\n"
+	       "    -o block_size=SIZE     bytes fetched at once, a power of two, 4K to 64M\n"
+	       "                           (default 1M)\n"
+	       "    -o cache=DIR           keep fetched blocks in DIR across mounts\n"
+	       "    -o cache_size=SIZE     bytes kept of fetched blocks: in DIR (default 10G),\n"
+	       "                           else in memory (default 256M)\n"
+	       "    Credentials: AWS_ACCESS_KEY_ID, AWS_PROFILE, ... as the AWS CLI; HF_TOKEN or\n"
+	       "    huggingface_hub's token file; endpoints AWS_ENDPOINT_URL(_S3), HF_ENDPOINT\n\n"
 	       "FUSE options:\n"
 	       "    -h   --help            print help\n"
 	       "    -V   --version         print version\n"
@@ -127,7 +150,8 @@ static void usage(const char *prog, unsigned long reply_max)
 	       "                           the fewest requests, for fstab\n"
 	       "The kernel's mount flags (noexec, noatime, ...) and libfuse's connection options\n"
 	       "(max_write=N, max_background=N, splice_read, ...) are in safetensorsfs(1).\n",
-	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US, MIN_IO, reply_max, reply_max);
+	       prog, DEFAULT_READ_AHEAD_KB, LOOP_DEFAULT_SPIN_US, HTTP_DEFAULT_CONNECT_TIMEOUT,
+	       HTTP_DEFAULT_READ_TIMEOUT, HTTP_DEFAULT_RETRIES, MIN_IO, reply_max, reply_max);
 }
 
 static void version(void)
@@ -313,6 +337,59 @@ static int size_options(struct fs_options *opt, unsigned long reply_max)
 	return 0;
 }
 
+/* -o cacert=, connect_timeout=, read_timeout=, retries=, block_size=, cache_size=. */
+static int remote_options(struct fs *fs)
+{
+	struct source_opts *o = &fs->source_opts;
+	unsigned long v;
+	uint64_t size;
+
+	*o = (struct source_opts){.variant = fs->opt.variant, .block_size = STORE_DEFAULT_BLOCK,
+				  .cache_size = fs->opt.cache_dir ? SOURCE_DEFAULT_DISK_CACHE : STORE_DEFAULT_CACHE,
+				  .cache_dir = fs->opt.cache_dir,
+				  .http = {fs->opt.cacert, HTTP_DEFAULT_CONNECT_TIMEOUT, HTTP_DEFAULT_READ_TIMEOUT,
+					   HTTP_DEFAULT_RETRIES}};
+	if (fs->opt.connect_timeout_arg) {
+		if (!parse_number(fs->opt.connect_timeout_arg, 10, 1, 3600, &v))
+			return fail("connect_timeout", "must be 1 to 3600 (seconds)");
+		o->http.connect_timeout = (unsigned)v;
+	}
+	if (fs->opt.read_timeout_arg) {
+		if (!parse_number(fs->opt.read_timeout_arg, 10, 1, 3600, &v))
+			return fail("read_timeout", "must be 1 to 3600 (seconds)");
+		o->http.read_timeout = (unsigned)v;
+	}
+	if (fs->opt.retries_arg) {
+		if (!parse_number(fs->opt.retries_arg, 10, 0, 20, &v))
+			return fail("retries", "must be 0 to 20");
+		o->http.retries = (unsigned)v;
+	}
+	if (fs->opt.block_size_arg) {
+		if (parse_size(fs->opt.block_size_arg, &size) < 0 || size < 4096 || size > (64u << 20) ||
+		    (size & (size - 1)))
+			return fail("block_size", "must be a power of two from 4K to 64M");
+		o->block_size = (uint32_t)size;
+	}
+	if (fs->opt.cache_size_arg) {
+		if (parse_size(fs->opt.cache_size_arg, &size) < 0 || size < o->block_size)
+			return fail("cache_size", "must be a size (K, M, G suffixes) of at least one block");
+		o->cache_size = size;
+	}
+	if (fs->opt.cacert && access(fs->opt.cacert, R_OK) < 0)
+		return fail("cacert", "cannot read that file");
+	return 0;
+}
+
+/* A refusal's line names SOURCE once: remote errors start with the URL already. */
+static int fail_source(const struct fs *fs, const char *err)
+{
+	if (http_is_url(fs->opt.source) && strstr(err, "://")) {
+		fprintf(stderr, "safetensorsfs: %s\n", err);
+		return 1;
+	}
+	return fail(fs->shown, err);
+}
+
 /* -o uid=, gid= (numbers, as sshfs takes them) and umask= (octal): what every node but /.control shows. */
 static int owner_options(struct fs *fs)
 {
@@ -393,6 +470,12 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return 1;
 	if (fs->opt.variant && !folder_variant_name(fs->opt.variant))
 		return fail("variant", "must be a name such as fp16: a letter, then letters, digits or _");
+	if (remote_options(fs))
+		return 1;
+	if (http_is_url(fs->opt.source))
+		http_redact(fs->opt.source, fs->shown, sizeof(fs->shown));
+	else
+		snprintf(fs->shown, sizeof(fs->shown), "%s", fs->opt.source);
 	fs->mountpoint_fd = mountpoint_open(cmd->mountpoint, fs->opt.source, fs->mountpoint_fd_path, err, sizeof(err));
 	if (fs->mountpoint_fd < 0)
 		return fail(cmd->mountpoint, err);
@@ -400,29 +483,29 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 	 * /proc/self/fd path means nothing.  It gets the path, and checks it itself. */
 	if (fs->opt.auto_unmount)
 		fs->mountpoint_fd_path[0] = '\0';
-	if (source_open(fs->opt.source, fs->opt.variant, &fs->src, err) < 0)
-		return fail(fs->opt.source, err);
+	if (source_open(fs->opt.source, &fs->source_opts, &fs->src, err) < 0)
+		return fail_source(fs, err);
 	if (fs->src.warning)
-		fprintf(stderr, "safetensorsfs: %s: %s\n", fs->opt.source, fs->src.warning);
+		fprintf(stderr, "safetensorsfs: %s: %s\n", fs->shown, fs->src.warning);
 	if (tree_build(&fs->tree, &fs->src, fs->layout, err, sizeof(err)) < 0)
-		return fail(fs->opt.source, err);
-	abs = realpath(fs->opt.source, NULL);
-	if (add_fsname(args, &fs->opt, abs ? abs : fs->opt.source) < 0) {
+		return fail(fs->shown, err);
+	abs = http_is_url(fs->opt.source) ? NULL : realpath(fs->opt.source, NULL);
+	if (add_fsname(args, &fs->opt, abs ? abs : fs->shown) < 0) {
 		free(abs);
 		return 1;
 	}
 	free(abs);
 	if (view_table_init(&fs->views) < 0)
-		return fail(fs->opt.source, "cannot set up the view table");
+		return fail(fs->shown, "cannot set up the view table");
 	fs->views_ready = 1;
 	if (fs->opt.gpu && strcmp(fs->opt.gpu, "auto") && strcmp(fs->opt.gpu, "cuda") && strcmp(fs->opt.gpu, "hip") &&
 	    strcmp(fs->opt.gpu, "host") && strcmp(fs->opt.gpu, "none"))
 		return fail("gpu", "must be auto, cuda, hip, host or none");
 	if (control_init(&fs->control, fs->opt.gpu, fs->opt.max_upload_arg) < 0)
-		return fail(fs->opt.source, "cannot set up the control file (is -o max_upload a size?)");
+		return fail(fs->shown, "cannot set up the control file (is -o max_upload a size?)");
 	fs->control_ready = 1;
 	if (bufpool_init(&fs->replies, per_cpu(cpus), reply_max) < 0)
-		return fail(fs->opt.source, "out of memory for reply buffers");
+		return fail(fs->shown, "out of memory for reply buffers");
 	fs->replies_ready = 1;
 	fs->mountpoint = cmd->mountpoint;
 	fs->debug = cmd->debug;
@@ -434,7 +517,7 @@ int main(int argc, char *argv[])
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts cmd = {0};
 	struct fs fs = {.opt = {.read_ahead_kb = DEFAULT_READ_AHEAD_KB}, .mountpoint_fd = -1};
-	int rc = setup(&fs, &args, &cmd);
+	int rc = http_global_init() < 0 ? fail("libcurl", "cannot be initialized") : setup(&fs, &args, &cmd);
 
 	if (rc == 0)
 		rc = serve(&fs, &args, &cmd);
@@ -455,6 +538,13 @@ int main(int argc, char *argv[])
 	free(fs.opt.max_read_arg);
 	free(fs.opt.max_write_arg);
 	free(fs.opt.max_readahead_arg);
+	free(fs.opt.cacert);
+	free(fs.opt.cache_dir);
+	free(fs.opt.connect_timeout_arg);
+	free(fs.opt.read_timeout_arg);
+	free(fs.opt.retries_arg);
+	free(fs.opt.block_size_arg);
+	free(fs.opt.cache_size_arg);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);

@@ -99,7 +99,7 @@ static void fill_stat(const struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_blksize = n->kind == NODE_DIR ? BLOCK : IO_BLOCK;
 	/* What the node holds on disk: directories hold nothing (du adds up st_blocks). */
 	st->st_blocks = n->kind == NODE_DIR ? 0 : (blkcnt_t)((size + 511) / 512);
-	st->st_atim = st->st_mtim = st->st_ctim = sh->mtime;
+	st->st_atim = st->st_mtim = st->st_ctim = sh->store->mtime;
 }
 
 static void fill_entry(const struct fs *fs, fuse_ino_t ino, struct fuse_entry_param *e)
@@ -484,11 +484,11 @@ static int fill_backing(const void *ctx, char *buf, size_t size)
 static void reply_from_backing(fuse_req_t req, const struct fs *fs, const struct shard *sh,
 			       uint64_t pos, size_t size)
 {
-	if (fs->splice_write) {
+	if (fs->splice_write && sh->store->fd >= 0) {
 		/* Spliced replies cannot be checked after the read; check before. */
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		bv.buf[0].fd = sh->fd;
+		bv.buf[0].fd = sh->store->fd;
 		bv.buf[0].pos = (off_t)pos;
 		if (shard_changed(sh))
 			fuse_reply_err(req, EIO);
@@ -546,6 +546,9 @@ static int fill_header_json(const void *ctx, char *buf, size_t size)
 static void reply_header_json(fuse_req_t req, const struct source *src, uint64_t off, size_t size)
 {
 	struct header_request r = {src, off};
+
+	if (src->remote) /* the headers are fetched again: others' requests are read meanwhile */
+		loop_step_aside(fs_of(req)->loop);
 
 	reply_filled(req, NULL, size, fill_header_json, &r);
 }

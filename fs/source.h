@@ -9,23 +9,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
-#include <time.h>
 
 #include "../parser/header.h"
 #include "../parser/index.h"
+#include "http.h"
+#include "remote.h"
+#include "store.h"
 
 struct shard {
-	int fd;
-	char *path;
-	char *label;        /* the path below SOURCE: the user.safetensors.file value */
-	uint32_t component; /* index into source.components */
-	struct timespec mtime;      /* the tree's file times */
-	struct shard_identity {     /* what the file was when its header was read: shard_changed */
-		dev_t dev;
-		ino_t ino;
-		off_t size;
-		struct timespec mtime, ctime;
-	} seen;
+	struct store *store; /* where its bytes are: a local file or a remote object */
+	char *path;          /* its file, or its URL (never shown: it may hold a signature) */
+	char *label;         /* the path below SOURCE: the user.safetensors.file value */
+	uint32_t component;  /* index into source.components */
 	struct st_header hdr;
 };
 
@@ -57,26 +52,50 @@ struct source {
 	const char *variant; /* -o variant=, or NULL: which files of a folder to take (folder.h) */
 	bool variant_found;  /* some folder had a file or index of that variant */
 	bool named_file;     /* SOURCE is the one shard itself: main.c prints its name already */
+	/* Remote sources only (NULL otherwise): what SOURCE resolved to, and how to fetch. */
+	struct remote_listing *remote;
+	char **remote_esc;   /* remote->paths[i] percent-encoded, as they appear in URLs */
+	const struct http_settings *http;
+	struct http_source from; /* what every remote shard's store shares */
 };
 
+/* How to open SOURCE: -o variant=, and for remote sources -o cacert=, block_size=, ... */
+struct source_opts {
+	const char *variant;
+	struct http_settings http;
+	uint32_t block_size;
+	uint64_t cache_size;    /* memory for blocks, or with cache_dir the disk's bound */
+	const char *cache_dir;  /* -o cache=DIR, or NULL */
+};
+
+/* -o cache_size='s default with -o cache=DIR. */
+#define SOURCE_DEFAULT_DISK_CACHE (10ull << 30)
+
 /* Returns 0, or a negative errno with one line in `err` (without the "SOURCE: " prefix). */
-int source_open(const char *path, const char *variant, struct source *src, char err[ST_ERR_LEN]);
+int source_open(const char *path, const struct source_opts *opts, struct source *src, char err[ST_ERR_LEN]);
 void source_close(struct source *src);
 
 /*
- * Whether the backing file was truncated, written, replaced or deleted since
- * its header was read: then its bytes can no longer be trusted to match the
- * header.  The one definition of "the file changed", for reads and uploads
- * alike: another size, mtime or ctime (to the nanosecond), another inode, or
- * no link left.  Writers update the times before they change bytes, so a
- * check made after reading catches every write that the read could have seen.
+ * Whether the backing file or object changed since its header was read: then its bytes
+ * can no longer be trusted to match the header.  What "changed" means is its store's
+ * (store.h): checked after a read, it catches every change the read could have seen.
  */
-int shard_changed(const struct shard *sh);
+static inline int shard_changed(const struct shard *sh)
+{
+	return store_changed(sh->store);
+}
 
 /* Reads exactly `len` bytes at `off`; returns 0, -EIO on a short read, or -errno. */
-int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off);
-/* What of [off, off+len) the page cache holds from OFF on, without waiting for the disk:
- * the bytes read (0 when none, or when the filesystem cannot say). */
-size_t shard_pread_cached(const struct shard *sh, void *buf, size_t len, uint64_t off);
+static inline int shard_pread(const struct shard *sh, void *buf, size_t len, uint64_t off)
+{
+	return store_read(sh->store, buf, len, off);
+}
+
+/* What of [off, off+len) comes at once from OFF on (the page cache, fetched blocks),
+ * without waiting for the disk or the network: the bytes read. */
+static inline size_t shard_pread_cached(const struct shard *sh, void *buf, size_t len, uint64_t off)
+{
+	return store_read_cached(sh->store, buf, len, off);
+}
 
 #endif
