@@ -792,3 +792,122 @@ def test_refusal_line_is_redacted(serve, tmp_path, case, fuse_environment):
     assert not any(x in line for x in SECRETS + ("SECRET",)), line
     if case != "dns":
         assert s.requests() >= 1
+
+
+# ------------------------------------------------------------------- -o cache=DIR
+
+BIG_REF = None
+
+
+def big_bytes():
+    global BIG_REF
+    if BIG_REF is None:
+        BIG_REF = np.arange(16 << 20, dtype=np.uint32).tobytes()
+    return BIG_REF
+
+
+def read_some(m, n=8 << 20):
+    """The first n bytes of tensor `big`, checked against what the file holds."""
+    with open(Path(m.mnt) / "big", "rb") as f:
+        data = f.read(n)
+    assert data == big_bytes()[:n]
+    return data
+
+
+def cache_files(d):
+    return sorted(p for p in Path(d).iterdir() if p.name.endswith(".blk"))
+
+
+def test_disk_cache_serves_a_second_mount(big_root, serve, rmount, tmp_path):
+    s = serve(big_root)
+    cache = tmp_path / "cache"
+    m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    read_some(m, 64 << 20)  # all of it: readahead cannot reach past what is kept
+    m.stop()
+    assert cache_files(cache), "nothing was kept"
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in cache_files(cache))
+    s.reset_counts()
+    m2 = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    pinned = s.bytes_sent()
+    read_some(m2)
+    # Only the request that pins the object at mount went to the server.
+    assert s.bytes_sent() == pinned and len(s.log()) == 1, s.log()
+
+
+def test_disk_cache_damaged_by_hand_is_fetched_again(big_root, serve, rmount, tmp_path):
+    s = serve(big_root)
+    cache = tmp_path / "cache"
+    m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    read_some(m)
+    m.stop()
+    files = cache_files(cache)
+    for i, f in enumerate(files):
+        data = bytearray(f.read_bytes())
+        if i % 3 == 0:
+            data[-1] ^= 0xFF          # a flipped byte in the block
+        elif i % 3 == 1:
+            data = data[: len(data) // 2]  # cut short
+        else:
+            data[20] ^= 0x01          # the key or header
+        f.write_bytes(bytes(data))
+    s.reset_counts()
+    m2 = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    read_some(m2)
+    assert s.bytes_sent() >= len(files) * 65536 // 2, "damaged blocks must come from the server"
+
+
+def test_disk_cache_deleted_while_mounted(big_root, serve, rmount, tmp_path):
+    s = serve(big_root)
+    cache = tmp_path / "cache"
+    m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    read_some(m, 1 << 20)
+    shutil.rmtree(cache)
+    with open(Path(m.mnt) / "big", "rb") as f:
+        f.seek(4 << 20)
+        assert f.read(4 << 20) == big_bytes()[4 << 20: 8 << 20]
+    m.check_alive()
+
+
+def test_disk_cache_is_bounded(big_root, serve, rmount, tmp_path):
+    s = serve(big_root)
+    cache = tmp_path / "cache"
+    m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}",
+               "-o", "cache_size=1M")
+    read_some(m, 16 << 20)
+    m.stop()  # readahead done: nothing is written any more
+    total = sum(f.stat().st_size for f in cache_files(cache))
+    assert total <= (1 << 20) + 65536 + 4096, total  # the bound, plus the block that went past it
+
+
+def test_disk_cache_full_disk(big_root, serve, rmount, tmp_path):
+    """A cache on a filesystem that fills up: blocks that do not fit are not kept, reads stay right."""
+    cache = tmp_path / "small-fs"
+    cache.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(cache)], capture_output=True)
+    if r.returncode != 0:
+        ns.skip_or_fail(f"cannot mount a small tmpfs for a full cache: {r.stderr.decode().strip()}")
+    try:
+        s = serve(big_root)
+        m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+        read_some(m, 8 << 20)
+        assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")], "half-written files left"
+        m.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
+def test_two_mounts_share_one_cache(big_root, serve, rmount, tmp_path):
+    s = serve(big_root)
+    cache = tmp_path / "cache"
+    a = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    b = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
+    out = []
+    threads = [threading.Thread(target=lambda m=m: out.append(read_some(m, 16 << 20))) for m in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(READER_TIMEOUT)
+    assert len(out) == 2
+    a.stop()
+    b.stop()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
