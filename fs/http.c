@@ -46,9 +46,13 @@ bool http_is_url(const char *s)
 void http_redact(const char *url, char *out, size_t outlen)
 {
 	const char *scheme = strstr(url, "://");
+	/* A "://" after a '/', '?' or '#' is in the path or query ("?next=http://..."): no scheme. */
+	if (scheme && (size_t)(scheme - url) >= strcspn(url, "/?#"))
+		scheme = NULL;
 	const char *host = scheme ? scheme + 3 : url;
 	size_t authority = strcspn(host, "/?#");
-	const char *at = memchr(host, '@', authority);
+	/* The last '@': a password may hold one ("u:p@ss@host"), as urllib and browsers read it. */
+	const char *at = memrchr(host, '@', authority);
 	size_t path = strcspn(host + authority, "?#");
 
 	if (at)

@@ -979,7 +979,8 @@ void s3_error_field(const char *body, size_t len, const char *name, char *out, s
 	struct xml *x = calloc(1, sizeof(*x));
 	enum xml_event e;
 
-	out[0] = '\0';
+	if (outlen)
+		out[0] = '\0';
 	if (!x || !outlen)
 		goto done;
 	x->p = body;

@@ -307,6 +307,15 @@ static void test_error_messages(void)
 	body = "{\"error\":\"a very long message that does not fit\"}";
 	hub_error_message(body, strlen(body), msg, 8);
 	CHECK(strcmp(msg, "a very ") == 0, "got '%s'", msg);
+	/* fuzz_remote: the body was read to a NUL, past its len (ASan: heap-buffer-overflow). */
+	body = "{\"error\":\"Not found\"}";
+	char *exact = malloc(strlen(body));
+	memcpy(exact, body, strlen(body));
+	hub_error_message(exact, strlen(body), msg, sizeof(msg));
+	CHECK(strcmp(msg, "Not found") == 0, "no NUL after len: got '%s'", msg);
+	free(exact);
+	hub_error_message(body, 12, msg, sizeof(msg));
+	CHECK(strcmp(msg, "") == 0, "len cuts the body: got '%s'", msg);
 }
 
 int main(void)

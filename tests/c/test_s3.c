@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../../fs/http.h"
 #include "../../fs/s3.h"
 
 #include "check.h"
@@ -466,6 +467,41 @@ static void test_error_fields(void)
 	CHECK(out[0] == '\0', "malformed: '%s'", out);
 	s3_error_field("<Other><Code>X</Code></Other>", 29, "Code", out, sizeof(out));
 	CHECK(out[0] == '\0', "not an Error: '%s'", out);
+	/* fuzz_remote: outlen 0 wrote out[0]. */
+	out[0] = 'K';
+	s3_error_field(body, sizeof(body) - 1, "Code", out, 0);
+	CHECK(out[0] == 'K', "outlen 0 writes nothing: '%c'", out[0]);
+}
+
+/* fuzz_remote: an empty listing finished (paths NULL) passed NULL to qsort. */
+static void test_finish_empty(void)
+{
+	struct s3_keys k = {0};
+	char err[ST_ERR_LEN];
+
+	CHECK(s3_keys_finish(&k, err) == 0 && k.n == 0, "finish empty: %s", err);
+	s3_keys_free(&k);
+}
+
+#define REDACT(url, want)                                                                     \
+	do {                                                                                  \
+		char got_[256];                                                               \
+		http_redact(url, got_, sizeof(got_));                                         \
+		CHECK(strcmp(got_, want) == 0, "redact %s: got '%s', want '%s'", url, got_, want); \
+	} while (0)
+
+/* The SOURCE shown in messages (s3_open's display): no userinfo, no query. */
+static void test_redact(void)
+{
+	REDACT("https://u:pw@host:8443/a/b?X-Amz-Signature=1#f", "https://host:8443/a/b?...");
+	REDACT("s3://bucket/k", "s3://bucket/k");
+	/* fuzz_remote: a password holding '@' showed its tail ("ss@host"); the last '@' ends it. */
+	REDACT("https://u:p@ss@host/x", "https://host/x");
+	REDACT("u:p@ss@host/x", "host/x");
+	/* fuzz_remote: a "://" in the query was taken for the scheme, and the query shown. */
+	REDACT("https:/host/p?X-Amz-Signature=s3://b/c", "https:/host/p?...");
+	REDACT("host/p?next=http://u:pw@evil/", "host/p?...");
+	REDACT("https://host/p?next=http://u:pw@evil/", "https://host/p?...");
 }
 
 static void remove_dir(void)
@@ -491,6 +527,8 @@ int main(void)
 	test_listing();
 	test_listing_limits();
 	test_error_fields();
+	test_finish_empty();
+	test_redact();
 	remove_dir();
 	printf("test_s3: %d passed, %d failed\n", passed, failed);
 	return failed != 0;
