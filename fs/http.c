@@ -43,6 +43,24 @@ bool http_is_url(const char *s)
 	       strncmp(s, "hf://", 5) == 0;
 }
 
+/* Where the host begins after SCHEME://: past user:password@ when there is one.  The
+ * authority is what precedes the first '/', '?' or '#'; its last '@' ends the userinfo (a
+ * password may hold '@').  A password holding '/' or '?' makes an authority "user:pass"
+ * with no port after its ':' (libcurl refuses such a URL, and its refusal still names
+ * it): then the first '@' after it ends the userinfo. */
+static const char *past_userinfo(const char *host)
+{
+	size_t authority = strcspn(host, "/?#");
+	const char *at = memrchr(host, '@', authority), *colon = memchr(host, ':', authority);
+
+	if (at)
+		return at + 1;
+	if (colon && strspn(colon + 1, "0123456789") != (size_t)(host + authority - colon - 1) &&
+	    (at = strchr(host + authority, '@')))
+		return at + 1;
+	return host;
+}
+
 void http_redact(const char *url, char *out, size_t outlen)
 {
 	const char *scheme = strstr(url, "://");
@@ -50,13 +68,11 @@ void http_redact(const char *url, char *out, size_t outlen)
 	if (scheme && (size_t)(scheme - url) >= strcspn(url, "/?#"))
 		scheme = NULL;
 	const char *host = scheme ? scheme + 3 : url;
-	size_t authority = strcspn(host, "/?#");
-	/* The last '@': a password may hold one ("u:p@ss@host"), as urllib and browsers read it. */
-	const char *at = memrchr(host, '@', authority);
-	size_t path = strcspn(host + authority, "?#");
+	/* Only http(s) has a userinfo: hf://ORG/REPO@REVISION's '@' is the revision's. */
+	if (!scheme || strncmp(url, "http", 4) == 0)
+		host = past_userinfo(host);
+	size_t authority = strcspn(host, "/?#"), path = strcspn(host + authority, "?#");
 
-	if (at)
-		host = at + 1, authority -= (size_t)(at + 1 - (scheme ? scheme + 3 : url));
 	snprintf(out, outlen, "%.*s%.*s%.*s%s", scheme ? (int)(scheme + 3 - url) : 0, url, (int)authority, host,
 		 (int)path, host + authority, host[authority + path] == '?' ? "?..." : "");
 }
@@ -113,8 +129,9 @@ char *http_sibling(const char *url, const char *rel)
 }
 
 /*
- * A transfer that brings no byte for read_timeout seconds is cut: libcurl's own low-speed
- * limit averages over seconds, so bytes that came before a stall would hide it for long.
+ * A transfer that brings no byte for read_timeout seconds is cut at once: libcurl's own
+ * low-speed limit (set too, for trickles) averages over seconds, so bytes that came
+ * before a stall would hide it for long.
  */
 struct stall {
 	curl_off_t seen;
@@ -147,12 +164,17 @@ static struct curl_slist *set_common(CURL *h, const struct http_settings *s, con
 
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+	/* A redirect never goes from https to http, and SigV4 requests follow none: their
+	 * signature and session token are for the host they name. */
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, s->https_only ? "https" : "http,https");
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, auth && auth->sigv4 ? 0L : 1L);
 	curl_easy_setopt(h, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, (long)s->connect_timeout);
 	/* Stalled: less than one byte a second for read_timeout seconds. */
 	*st = (struct stall){.timeout = s->read_timeout};
+	/* And a trickle (a byte now and then) is cut too, when it averages under 1 KiB/s. */
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (long)s->read_timeout);
 	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
 	curl_easy_setopt(h, CURLOPT_XFERINFODATA, st);
@@ -374,6 +396,7 @@ void http_object_free(struct http_object *o)
 	free(o->url);
 	free(atomic_load(&o->direct));
 	free(o->etag);
+	free(o->any_etag);
 	free(o->last_modified);
 	memset(o, 0, sizeof(*o));
 }
@@ -382,8 +405,10 @@ void http_object_free(struct http_object *o)
 struct range_answer {
 	long status;           /* of the last response (redirects come first) */
 	bool has_range;
+	bool encoded;          /* a Content-Encoding other than identity: no byte offsets */
+	bool long_etag;        /* longer than etag holds: not comparable */
 	uint64_t first, last, total;
-	char etag[256];
+	char etag[1024];
 	char last_modified[64];
 	char *buf;
 	size_t want, got;
@@ -402,6 +427,32 @@ static void header_value(const char *data, size_t len, size_t name_len, char *ou
 	snprintf(out, outlen, "%.*s", n < outlen ? (int)n : 0, v);
 }
 
+/* Decimal digits up to `stop`, at most INT64_MAX (an off_t); the rest after it in *end. */
+static bool number(const char *s, char stop, uint64_t *out, const char **end)
+{
+	uint64_t v = 0;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		if (v > (INT64_MAX - (uint64_t)(*s - '0')) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	*end = s + (*s == stop && stop);
+	return *s == stop;
+}
+
+/* "bytes FIRST-LAST/TOTAL", exactly. */
+static bool content_range(const char *v, struct range_answer *a)
+{
+	const char *p;
+
+	return strncmp(v, "bytes ", 6) == 0 && number(v + 6, '-', &a->first, &p) && number(p, '/', &a->last, &p) &&
+	       number(p, '\0', &a->total, &p) && a->first <= a->last && a->last < a->total;
+}
+
 static size_t on_range_header(char *data, size_t size, size_t n, void *arg)
 {
 	struct range_answer *a = arg;
@@ -411,13 +462,16 @@ static size_t on_range_header(char *data, size_t size, size_t n, void *arg)
 	if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) { /* a new response: forget the redirect's */
 		const char *sp = memchr(data, ' ', len);
 		a->status = sp && sp + 4 <= data + len ? strtol(sp + 1, NULL, 10) : 0;
-		a->has_range = false;
+		a->has_range = a->encoded = a->long_etag = false;
 		a->etag[0] = a->last_modified[0] = '\0';
 	} else if (len > 14 && strncasecmp(data, "content-range:", 14) == 0) {
 		header_value(data, len, 14, v, sizeof(v));
-		a->has_range = sscanf(v, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a->first, &a->last, &a->total) == 3 &&
-			       a->first <= a->last && a->last < a->total;
+		a->has_range = content_range(v, a);
+	} else if (len > 17 && strncasecmp(data, "content-encoding:", 17) == 0) {
+		header_value(data, len, 17, v, sizeof(v));
+		a->encoded = v[0] && strcasecmp(v, "identity") != 0;
 	} else if (len > 5 && strncasecmp(data, "etag:", 5) == 0) {
+		a->long_etag = len - 5 >= sizeof(a->etag);
 		header_value(data, len, 5, a->etag, sizeof(a->etag));
 	} else if (len > 14 && strncasecmp(data, "last-modified:", 14) == 0) {
 		header_value(data, len, 14, a->last_modified, sizeof(a->last_modified));
@@ -476,26 +530,36 @@ static int bad_answer(const struct http_object *o, const struct range_answer *a,
 		snprintf(err, ST_ERR_LEN, "%s: HTTP %ld", url, a->status);
 		return -EIO;
 	}
-	snprintf(err, ST_ERR_LEN, "%s: a range answer at %" PRIu64 " without a matching Content-Range", url, off);
+	snprintf(err, ST_ERR_LEN, "%s: a range answer at %" PRIu64 " %s", url, off,
+		 a->encoded ? "in a Content-Encoding (its bytes are not the object's)" : "without a matching Content-Range");
 	return -EIO;
 }
 
 /* Whether the answer is the object pinned, or pins it; -ESTALE with err when it is another. */
+/* Whether the answer is the object pinned, or pins it; -ESTALE with err when it is another.
+ * A weak ETag is no If-Match condition, but it is compared all the same: a same-size
+ * replacement behind a compressing proxy must not pass. */
 static int check_identity(struct http_object *o, const struct range_answer *a, char err[ST_ERR_LEN])
 {
 	char url[ST_ERR_LEN / 2];
 	bool strong = a->etag[0] && strncmp(a->etag, "W/", 2) != 0;
 
+	if (a->long_etag) {
+		http_redact(o->url, url, sizeof(url));
+		snprintf(err, ST_ERR_LEN, "%s: an ETag longer than %zu bytes cannot be pinned", url, sizeof(a->etag) - 1);
+		return -EPROTO;
+	}
 	if (!o->pinned) {
 		o->size = a->total;
 		o->etag = strong ? strdup(a->etag) : NULL;
+		o->any_etag = a->etag[0] ? strdup(a->etag) : NULL;
 		o->last_modified = a->last_modified[0] ? strdup(a->last_modified) : NULL;
-		if ((strong && !o->etag) || (a->last_modified[0] && !o->last_modified))
-			return -ENOMEM;
+		if ((strong && !o->etag) || (a->etag[0] && !o->any_etag) || (a->last_modified[0] && !o->last_modified))
+			return snprintf(err, ST_ERR_LEN, "out of memory"), -ENOMEM;
 		o->pinned = true;
 		return 0;
 	}
-	if (a->total == o->size && (!o->etag || !a->etag[0] || strcmp(o->etag, a->etag) == 0) &&
+	if (a->total == o->size && (!o->any_etag || !a->etag[0] || strcmp(o->any_etag, a->etag) == 0) &&
 	    (!o->last_modified || !a->last_modified[0] || strcmp(o->last_modified, a->last_modified) == 0))
 		return 0;
 	http_redact(o->url, url, sizeof(url));
@@ -524,7 +588,6 @@ static struct curl_slist *range_headers(CURL *h, const struct http_settings *s, 
 	return headers;
 }
 
-/* One try: 0, a negative errno, or 1 for one worth retrying. */
 /* After the first answer, later ones skip the redirect: the URL it led to is asked directly. */
 static void learn_direct(CURL *h, struct http_object *o)
 {
@@ -537,6 +600,7 @@ static void learn_direct(CURL *h, struct http_object *o)
 		free(copy);
 }
 
+/* One try: 0, a negative errno, or 1 for one worth retrying. */
 static int range_once(CURL *h, const struct http_settings *s, struct http_object *o, struct range_answer *a,
 		      uint64_t off, char err[ST_ERR_LEN])
 {
@@ -576,7 +640,7 @@ static int range_once(CURL *h, const struct http_settings *s, struct http_object
 		return http_retryable(CURLE_OK, a->status) ? 1 : bad_answer(o, a, off, err);
 	if (c != CURLE_OK)
 		return http_retryable(c, 0) ? 1 : http_fail(c, o->url, err);
-	if (!a->has_range || a->first != off || a->last - a->first + 1 > a->want)
+	if (!a->has_range || a->encoded || a->first != off || a->last - a->first + 1 > a->want)
 		return bad_answer(o, a, off, err);
 	int rc = check_identity(o, a, err);
 	if (rc)
@@ -597,6 +661,7 @@ int http_read_range(const struct http_settings *s, struct http_pool *pool, struc
 	int rc = -ENOMEM;
 
 	*got = 0;
+	snprintf(err, ST_ERR_LEN, "out of memory");
 	if (!h)
 		return len ? -ENOMEM : 0;
 	for (unsigned attempt = 0;; attempt++) {

@@ -34,6 +34,7 @@ struct http_settings {
 	unsigned connect_timeout;  /* seconds */
 	unsigned read_timeout;     /* seconds without a byte before a transfer counts as stalled */
 	unsigned retries;          /* more tries after a 5xx, 429 or a dropped connection */
+	bool https_only;           /* SOURCE is https: no redirect to plain http */
 };
 
 #define HTTP_DEFAULT_CONNECT_TIMEOUT 10
@@ -79,7 +80,8 @@ struct http_object {
 	char *url;
 	const struct http_auth *auth; /* the source's: not owned */
 	uint64_t size;                /* 0 until pinned */
-	char *etag;                   /* strong ETag as sent, or NULL */
+	char *etag;                   /* strong ETag as sent (If-Match), or NULL */
+	char *any_etag;               /* the ETag, weak ones too: compared in every answer */
 	char *last_modified;          /* or NULL; sent as If-Unmodified-Since without a strong ETag */
 	bool pinned;
 	/* Where the first answer came from after redirects (the Hub's CDN), asked directly

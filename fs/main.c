@@ -371,8 +371,8 @@ static int remote_options(struct fs *fs)
 		o->block_size = (uint32_t)size;
 	}
 	if (fs->opt.cache_size_arg) {
-		if (parse_size(fs->opt.cache_size_arg, &size) < 0 || size < o->block_size)
-			return fail("cache_size", "must be a size (K, M, G suffixes) of at least one block");
+		if (parse_size(fs->opt.cache_size_arg, &size) < 0 || size / STORE_MIN_BLOCKS < o->block_size)
+			return fail("cache_size", "must be a size (K, M, G suffixes) of at least 16 blocks");
 		o->cache_size = size;
 	}
 	if (fs->opt.cacert && access(fs->opt.cacert, R_OK) < 0)

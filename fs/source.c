@@ -112,7 +112,7 @@ static int read_index(const struct source *src, const char *path, struct st_inde
 		return rc;
 	}
 	memset(ix, 0, sizeof(*ix));
-	if ((rc = http_get(src->http, path, &src->remote->auth, ST_MAX_INDEX_LEN, &r, why)) < 0)
+	if ((rc = http_get(&src->http, path, &src->remote->auth, ST_MAX_INDEX_LEN, &r, why)) < 0)
 		return rc == -EFBIG ? fail(why, -EINVAL, "index larger than %llu bytes", ST_MAX_INDEX_LEN) : rc;
 	if (r.status == 200)
 		rc = st_index_parse_file(r.body, r.len, ix, why);
@@ -667,7 +667,7 @@ static int open_remote(struct source *src, const char *path, const struct source
 	if (!l)
 		return -ENOMEM;
 	src->remote = l;
-	src->http = &o->http;
+	src->http = o->http;
 	if (strncmp(path, "s3://", 5) == 0)
 		rc = s3_open(&o->http, path, l, err);
 	else if (strncmp(path, "hf://", 5) == 0)
@@ -677,7 +677,11 @@ static int open_remote(struct source *src, const char *path, const struct source
 	if (rc)
 		return rc;
 	uint64_t memory = o->cache_dir ? STORE_DEFAULT_CACHE : o->cache_size;
-	src->from = (struct http_source){.auth = &l->auth, .settings = &o->http};
+	/* With the disk cache, memory holds what reads in flight need, at least. */
+	if (memory < (uint64_t)STORE_MIN_BLOCKS * o->block_size)
+		memory = (uint64_t)STORE_MIN_BLOCKS * o->block_size;
+	src->http.https_only = strncmp(l->base, "https://", 8) == 0;
+	src->from = (struct http_source){.auth = &l->auth, .settings = &src->http};
 	if (o->cache_dir && (rc = diskcache_open(o->cache_dir, o->cache_size, &src->from.disk, err)) < 0)
 		return rc;
 	if (!(src->remote_esc = calloc(l->n_paths ? l->n_paths : 1, sizeof(char *))) ||

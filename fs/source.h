@@ -55,7 +55,7 @@ struct source {
 	/* Remote sources only (NULL otherwise): what SOURCE resolved to, and how to fetch. */
 	struct remote_listing *remote;
 	char **remote_esc;   /* remote->paths[i] percent-encoded, as they appear in URLs */
-	const struct http_settings *http;
+	struct http_settings http; /* the options', and https_only from what SOURCE resolved to */
 	struct http_source from; /* what every remote shard's store shares */
 };
 

@@ -76,6 +76,8 @@ struct diskcache;
 /* -o block_size= and -o cache_size=: the defaults. */
 #define STORE_DEFAULT_BLOCK (1u << 20)
 #define STORE_DEFAULT_CACHE (256ull << 20)
+/* The memory cache holds at least this many blocks (-o cache_size= is refused below it). */
+#define STORE_MIN_BLOCKS 16
 
 struct block_cache *block_cache_new(uint32_t block_size, uint64_t cache_bytes);
 void block_cache_free(struct block_cache *c);

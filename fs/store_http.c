@@ -22,10 +22,10 @@
 #include "diskcache.h"
 #include "http.h"
 
-/* Requests in flight for one read; blocks ahead of a sequential reader. */
-#define PARALLEL 8
+/* Threads that fetch blocks, per source: requests in flight at most (and the readers'). */
+#define FETCHERS 16
+/* What is fetched ahead of a reader that goes on where it stopped (at most a quarter of the cache). */
 #define READAHEAD_BYTES (8u << 20)
-#define MIN_SLOTS 64
 
 enum slot_state { EMPTY, LOADING, READY };
 
@@ -75,7 +75,7 @@ struct block_cache *block_cache_new(uint32_t block_size, uint64_t cache_bytes)
 	if (!c)
 		return NULL;
 	c->block_size = block_size;
-	c->n_slots = n < MIN_SLOTS ? MIN_SLOTS : (size_t)n;
+	c->n_slots = n < STORE_MIN_BLOCKS ? STORE_MIN_BLOCKS : (size_t)n; /* main.c refuses less */
 	c->n_buckets = c->n_slots * 2;
 	c->slots = calloc(c->n_slots, sizeof(*c->slots));
 	c->buckets = malloc(c->n_buckets * sizeof(*c->buckets));
@@ -182,6 +182,7 @@ struct batch {
 	void (*finish)(struct batch *b); /* readahead's: called by whoever finishes the last item */
 	struct slot **held; /* a read's: the slots it copies from, pinned until it has (no readahead) */
 	size_t n_held;
+	const uint8_t **src; /* a read's: each block's bytes, for the copy */
 };
 
 static uint32_t block_len(const struct http_store *h, uint64_t block)
@@ -210,27 +211,31 @@ struct fetchers {
 	pthread_cond_t work, finished;
 	struct batch *head, *tail;
 	bool stop;
-	pthread_t threads[2 * PARALLEL];
+	pthread_t threads[FETCHERS];
 	size_t n_threads;
 };
 
 static void fetch_one(struct batch *b, struct fetch *f)
 {
 	struct http_store *h = b->h;
-	char key[ST_ERR_LEN + 32];
+	char *key = NULL;
 	size_t got;
 
-	if (h->disk_key) {
-		snprintf(key, sizeof(key), "%s%llu", h->disk_key, (unsigned long long)f->block);
+	/* The block number first: nothing of the key is ever cut off. */
+	if (h->disk_key && asprintf(&key, "%llu\n%s", (unsigned long long)f->block, h->disk_key) < 0)
+		key = NULL;
+	if (key) {
 		if (diskcache_get(h->disk, key, f->data, f->len) == 0) {
+			free(key);
 			f->rc = 0;
 			return;
 		}
 	}
 	f->rc = http_read_range(h->settings, h->pool, &h->obj, f->data, f->block * h->cache->block_size, f->len,
 				&got, f->err);
-	if (f->rc == 0 && h->disk_key)
+	if (f->rc == 0 && key)
 		diskcache_put(h->disk, key, f->data, f->len);
+	free(key);
 }
 
 /* Under the lock: the next block of the queue's first batch, which leaves the queue once all
@@ -327,7 +332,7 @@ struct fetchers *fetchers_new(void)
 	pthread_mutex_init(&fp->lock, NULL);
 	pthread_cond_init(&fp->work, NULL);
 	pthread_cond_init(&fp->finished, NULL);
-	while (fp->n_threads < 2 * PARALLEL && pthread_create(&fp->threads[fp->n_threads], NULL, fetcher, fp) == 0)
+	while (fp->n_threads < FETCHERS && pthread_create(&fp->threads[fp->n_threads], NULL, fetcher, fp) == 0)
 		fp->n_threads++;
 	if (fp->n_threads == 0) {
 		fetchers_free(fp);
@@ -385,17 +390,23 @@ static void let_go(struct batch *b)
 	b->n_held = 0;
 }
 
-/* Under lock: copies [off, off+len) from blocks the cache or the batch holds, waiting for
- * those others load; returns 1 when a block it needs is gone again (evicted, or its
- * loader failed), for the caller to fetch it anew. */
-static int copy_out(struct http_store *h, const struct batch *b, uint8_t *buf, size_t len, uint64_t off)
+static bool holds(const struct batch *b, const struct slot *s)
+{
+	for (size_t i = 0; i < b->n_held; i++)
+		if (b->held[i] == s)
+			return true;
+	return false;
+}
+
+/* Under lock: where each block of [first, last] is (src[k - first]), waiting for those
+ * others load; 1 when one is gone again (evicted, or its loader failed) or is no longer
+ * the slot this read holds, for the caller to fetch it anew.  What it finds stays put
+ * after the lock is let go: the read holds those slots, and its own buffers are its own. */
+static int gather(struct http_store *h, const struct batch *b, uint64_t first, uint64_t last, const uint8_t **src)
 {
 	struct block_cache *c = h->cache;
-	uint64_t bs = c->block_size;
 
-	for (uint64_t pos = off; pos < off + len;) {
-		uint64_t block = pos / bs, from = pos - block * bs;
-		size_t n = (size_t)(bs - from < off + len - pos ? bs - from : off + len - pos);
+	for (uint64_t block = first; block <= last; block++) {
 		const uint8_t *data = NULL;
 		for (size_t i = 0; i < b->n && !data; i++)
 			if (b->f[i].block == block && !b->f[i].slot && b->f[i].rc == 0)
@@ -403,16 +414,28 @@ static int copy_out(struct http_store *h, const struct batch *b, uint8_t *buf, s
 		struct slot *s;
 		while (!data && (s = find(c, &h->s, block)) && s->state == LOADING)
 			pthread_cond_wait(&c->loaded, &c->lock);
-		if (!data && (!(s = find(c, &h->s, block)) || s->state != READY))
-			return 1;
 		if (!data) {
+			if (!(s = find(c, &h->s, block)) || s->state != READY || !holds(b, s))
+				return 1;
 			s->used = true;
 			data = s->data;
 		}
-		memcpy(buf + (pos - off), data + from, n);
-		pos += n;
+		src[block - first] = data;
 	}
 	return 0;
+}
+
+/* [off, off+len) out of the blocks gather found, without the lock. */
+static void copy_out(const uint8_t **src, uint64_t bs, uint8_t *buf, size_t len, uint64_t off)
+{
+	uint64_t first = off / bs;
+
+	for (uint64_t pos = off; pos < off + len;) {
+		uint64_t block = pos / bs, from = pos - block * bs;
+		size_t n = (size_t)(bs - from < off + len - pos ? bs - from : off + len - pos);
+		memcpy(buf + (pos - off), src[block - first] + from, n);
+		pos += n;
+	}
 }
 
 static void free_batch(struct batch *b)
@@ -473,10 +496,11 @@ static void ahead_done(struct batch *b)
 
 static void read_ahead(struct http_store *h, uint64_t from, uint64_t to)
 {
-	struct batch *b = calloc(1, sizeof(*b));
+	struct batch *b;
 
 	if (from > to || atomic_exchange(&h->ahead_busy, true))
-		goto none;
+		return;
+	b = calloc(1, sizeof(*b));
 	if (!b || !(b->f = calloc((size_t)(to - from + 1), sizeof(*b->f))))
 		goto done;
 	b->h = h;
@@ -491,7 +515,6 @@ static void read_ahead(struct http_store *h, uint64_t from, uint64_t to)
 	}
 done:
 	atomic_store(&h->ahead_busy, false);
-none:
 	if (b)
 		free(b->f);
 	free(b);
@@ -521,7 +544,11 @@ static int read_round(struct http_store *h, struct batch *b, uint8_t *buf, size_
 	pthread_mutex_lock(&c->lock);
 	rc = settle(h, b, true);
 	if (!rc)
-		rc = copy_out(h, b, buf, len, off);
+		rc = gather(h, b, first, last, b->src);
+	pthread_mutex_unlock(&c->lock);
+	if (!rc)
+		copy_out(b->src, bs, buf, len, off);
+	pthread_mutex_lock(&c->lock);
 	let_go(b);
 	pthread_mutex_unlock(&c->lock);
 	free_batch(b);
@@ -541,10 +568,12 @@ static int http_read(struct store *s, void *buf, size_t len, uint64_t off)
 	uint64_t window = READAHEAD_BYTES / bs < h->cache->n_slots / 4 ? READAHEAD_BYTES / bs : h->cache->n_slots / 4;
 	uint64_t last = (off + len - 1) / bs, ahead_to = sequential ? last + window : 0;
 	size_t blocks_read = (size_t)(last - off / bs + 1);
-	struct batch b = {.h = h, .f = calloc(blocks_read, sizeof(*b.f)), .held = calloc(blocks_read, sizeof(*b.held))};
-	if (!b.f || !b.held) {
+	struct batch b = {.h = h, .f = calloc(blocks_read, sizeof(*b.f)), .held = calloc(blocks_read, sizeof(*b.held)),
+			  .src = calloc(blocks_read, sizeof(*b.src))};
+	if (!b.f || !b.held || !b.src) {
 		free(b.f);
 		free(b.held);
+		free(b.src);
 		return -ENOMEM;
 	}
 	if (ahead_to >= blocks)
@@ -553,6 +582,7 @@ static int http_read(struct store *s, void *buf, size_t len, uint64_t off)
 		rc = atomic_load(&h->changed) ? -EIO : read_round(h, &b, buf, len, off, tries ? 0 : ahead_to);
 	free(b.f);
 	free(b.held);
+	free(b.src);
 	return rc ? -EIO : 0;
 }
 
@@ -635,17 +665,20 @@ static const struct store_ops http_ops = {
 	.close = http_close,
 };
 
-/* The blocks of one version of one object, whatever credentials or signatures reach it. */
+/* The blocks of one version of one object, whatever credentials reach it: the whole URL
+ * but its user:password@, never cut short. */
 static char *disk_key(const struct http_store *h)
 {
-	char url[ST_ERR_LEN], *key;
-	const char *version = h->obj.etag ? h->obj.etag : h->obj.last_modified;
+	const char *version = h->obj.any_etag ? h->obj.any_etag : h->obj.last_modified, *url = h->obj.url;
+	const char *scheme = strstr(url, "://"), *at = strrchr(url, '@');
+	char *key;
 
-	if (!h->disk || !version)
+	/* A query may be what tells two objects apart, and may hold a signature, which must not
+	 * be written to disk: such URLs are cached in memory only. */
+	if (!h->disk || !version || !scheme || strchr(url, '?'))
 		return NULL;
-	http_redact(h->obj.url, url, sizeof(url));
-	if (asprintf(&key, "%s\n%s\n%llu\n%u\n", url, version, (unsigned long long)h->obj.size,
-		     h->cache->block_size) < 0)
+	if (asprintf(&key, "%.*s%s\n%s\n%llu\n%u\n", (int)(scheme + 3 - url), url, at ? at + 1 : scheme + 3, version,
+		     (unsigned long long)h->obj.size, h->cache->block_size) < 0)
 		return NULL;
 	return key;
 }
@@ -678,6 +711,12 @@ int store_http_open(const char *url, const struct http_source *from, struct stor
 	}
 	h->s.size = h->obj.size;
 	h->cache = cache;
+	if (!h->obj.any_etag && !h->obj.last_modified) {
+		char shown[ST_ERR_LEN / 2];
+		http_redact(url, shown, sizeof(shown));
+		fprintf(stderr, "safetensorsfs: %s: warning: the server sends neither ETag nor Last-Modified: "
+			"a change that keeps the object's size cannot be detected\n", shown);
+	}
 	h->disk_key = disk_key(h);
 	/* The tree's times: the object's, else the mount's. */
 	if (!http_time(h->obj.last_modified, &h->s.mtime.tv_sec))

@@ -213,7 +213,7 @@ def _connects(port):
 
 # ---------------------------------------------------------- the fault-injecting server
 
-FAULTS = ("stall", "drop", "status", "ignore_range", "wrong_length", "wrong_range")
+FAULTS = ("stall", "trickle", "drop", "status", "ignore_range", "wrong_length", "wrong_range")
 
 
 @dataclass
@@ -224,6 +224,7 @@ class Fault:
     status: int = 500       # for "status"
     headers: dict = field(default_factory=dict)  # more response headers (Retry-After)
     delta: int = 0          # for wrong_length: Content-Length off by this; wrong_range: start shifted
+    every: float = 1.0      # for trickle: seconds between bytes
 
 
 @dataclass
@@ -244,10 +245,12 @@ class Request:
 
 class FaultServer:
     """Serves the files below `root` over HTTP/1.1 with keep-alive (HTTPS with tls=Certs),
-    with Range (one range), strong content ETags (etags=False: Last-Modified alone),
+    with Range (one range), strong content ETags (etags=False: Last-Modified alone;
+    etags="weak": W/ ones; last_modified=False: no Last-Modified),
     If-Match, If-Unmodified-Since (honour_conditions=False: ignored) and faults per path:
 
         stall(path, after=N)           N body bytes, then nothing, the connection kept open
+        trickle(path, after=N, every=S) N body bytes, then one byte every S seconds
         drop(path, after=N)            N body bytes, then the connection closed
         fail(path, status=500)         that status (429 with Retry-After: fail(path, 429, retry_after=1))
         deny(path, status=404)         401/403/404 for the path
@@ -261,10 +264,11 @@ class FaultServer:
     request; path "*" matches all.  requests(path), bytes_sent(path) and log() say what came.
     """
 
-    def __init__(self, root, tls=None, etags=True, honour_conditions=True, auth=None):
+    def __init__(self, root, tls=None, etags=True, honour_conditions=True, auth=None, last_modified=True):
         self.root = Path(root)
         self.tls = tls
         self.etags = etags
+        self.last_modified = last_modified
         self.honour_conditions = honour_conditions
         self.auth = auth  # (user, password): 401 without that Basic Authorization
         self.lock = threading.Lock()
@@ -338,6 +342,9 @@ class FaultServer:
 
     def stall(self, path, after=0, times=None):
         self.add_fault(path, "stall", times, after=after)
+
+    def trickle(self, path, after=0, every=1.0, times=None):
+        return self.add_fault(path, "trickle", times, after=after, every=every)
 
     def drop(self, path, after=0, times=None):
         self.add_fault(path, "drop", times, after=after)
@@ -506,10 +513,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._simple(req, 404)
         data, etag, mtime = obj
         size = len(data)
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
-                   "Last-Modified": email.utils.formatdate(mtime, usegmt=True)}
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        if fs.last_modified:
+            headers["Last-Modified"] = email.utils.formatdate(mtime, usegmt=True)
         if fs.etags:
-            headers["ETag"] = etag
+            headers["ETag"] = "W/" + etag if fs.etags == "weak" else etag
         if fs.honour_conditions:
             im = req.headers.get("if-match")
             if im is not None and im.strip() != "*" and \
@@ -554,6 +562,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault and fault.kind == "stall":
             self._write(req, body, fault.after)
             fs.release.wait(120)  # keeps the connection open, sends nothing
+            self.close_connection = True
+            return
+        if fault and fault.kind == "trickle":
+            self._write(req, body, fault.after)
+            for i in range(fault.after, len(body)):
+                if fs.release.wait(fault.every):
+                    break
+                try:
+                    self._write(req, body[i:i + 1])
+                except OSError:
+                    break
             self.close_connection = True
             return
         if fault and fault.kind == "drop":

@@ -911,3 +911,78 @@ def test_two_mounts_share_one_cache(big_root, serve, rmount, tmp_path):
     a.stop()
     b.stop()
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
+
+
+# ------------------------------------------------------------- pinning without a strong ETag
+
+def test_weak_etag_catches_a_same_size_replacement(serve, rmount):
+    """W/ ETags are no If-Match condition, but the daemon compares them: an object replaced by
+    one of the same size behind a server that sends only a weak ETag gives EIO, not new bytes."""
+    s = serve(etags="weak", last_modified=False)
+    m = rmount(s.url("two.safetensors"), "-o", "block_size=65536", stderr_ok=True)
+    assert m.stderr() == ""  # a weak ETag is a validator: no warning
+    assert second_ok(m)
+    root = s.root
+    new = {k: (v + 1).astype(v.dtype) for k, v in TWO.items()}
+    save_file(new, str(root / "new.safetensors"))
+    assert os.path.getsize(root / "new.safetensors") == os.path.getsize(root / "two.safetensors")
+    s.replace("two.safetensors", (root / "new.safetensors").read_bytes())
+    far = 1 << 20  # a block not read before
+    assert read_in_thread(lambda: pread(Path(m.mnt) / "x" / "second", 4096, far)) == ("err", errno.EIO)
+    assert "changed since it was mounted" in m.stderr()
+
+
+def test_no_validator_is_said_at_mount(serve, rmount):
+    s = serve(etags=False, last_modified=False)
+    m = rmount(s.url("two.safetensors"), stderr_ok=True)
+    lines = [line for line in m.stderr().splitlines() if line.strip()]
+    assert len(lines) == 1 and "neither ETag nor Last-Modified" in lines[0], lines
+    assert second_ok(m)
+
+
+def test_trickle_is_cut(serve, rmount):
+    """A server that sends a byte now and then is not a live transfer: cut after about
+    read_timeout, then EIO (retries=0); the reader does not wait for the whole block."""
+    s = serve()
+    m = rmount(s.url("two.safetensors"), "-o", "block_size=65536", "-o", "read_timeout=2",
+               "-o", "retries=0", stderr_ok=True)
+    s.trickle("two.safetensors", after=100, every=0.5)
+    assert read_in_thread(lambda: pread(Path(m.mnt) / "x" / "second", 4096, SECOND_OFF)) == ("err", errno.EIO)
+    assert_metadata_answers(m)
+
+
+def test_long_url_disk_cache_keys_are_whole(tmp_path, serve, rmount):
+    """Keys of over a kilobyte (a long path) are kept whole: every block its own file."""
+    root = tmp_path / "long"
+    d = root
+    for i in range(5):
+        d = d / (f"d{i}" + "x" * 200)
+    d.mkdir(parents=True)
+    save_file(two_tensors(), str(d / "two.safetensors"))
+    s = serve(root)
+    rel = str((d / "two.safetensors").relative_to(root))
+    cache = tmp_path / "cache"
+    for _ in range(2):  # filled, then served from it
+        m = rmount(s.url(rel), "-o", "block_size=4096", "-o", f"cache={cache}")
+        data = (Path(m.mnt) / "x" / "second").read_bytes()
+        assert data == TWO["x.second"].tobytes()
+        m.stop()
+    assert len(cache_files(cache)) > 100
+
+
+def test_urls_with_a_query_are_not_kept_on_disk(serve, rmount, tmp_path):
+    s = serve()
+    cache = tmp_path / "cache"
+    m = rmount(s.url("two.safetensors", "rev=a&X-Amz-Signature=abc"), "-o", f"cache={cache}")
+    assert (Path(m.mnt) / "x" / "second").read_bytes() == TWO["x.second"].tobytes()
+    m.stop()
+    assert cache_files(cache) == []
+
+
+def test_odd_userinfo_is_never_shown(tmp_path, fuse_environment):
+    port = ns.free_port()
+    for url in (f"http://alice:s3cr/et@127.0.0.1:{port}/m.safetensors",
+                f"http://alice:s3cr?et@127.0.0.1:{port}/m.safetensors"):
+        (tmp_path / "r").mkdir(exist_ok=True)
+        rc, out, err = util.run_refused(url, tmp_path / "r", opts=("-o", "connect_timeout=2"))
+        assert rc == 1 and "s3cr" not in err and "alice" not in err, err
