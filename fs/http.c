@@ -410,7 +410,8 @@ struct range_answer {
 	uint64_t first, last, total;
 	char etag[1024];
 	char last_modified[64];
-	char *buf;
+	const struct http_piece *pieces; /* where the range's bytes go, one after another */
+	size_t n_pieces;
 	size_t want, got;
 	bool overflow;         /* more bytes than the range holds */
 };
@@ -492,7 +493,18 @@ static size_t on_range_body(char *data, size_t size, size_t n, void *arg)
 		a->overflow = true;
 		return 0;
 	}
-	memcpy(a->buf + a->got, data, len);
+	/* Into the pieces: the one that holds byte `got` of the range, and those after it. */
+	for (size_t done = 0, at = 0, i = 0; done < len; i++) {
+		size_t plen = a->pieces[i].len;
+		if (a->got + done >= at + plen) {
+			at += plen;
+			continue;
+		}
+		size_t in = a->got + done - at, n = plen - in < len - done ? plen - in : len - done;
+		memcpy((char *)a->pieces[i].buf + in, data + done, n);
+		done += n;
+		at += plen;
+	}
 	a->got += len;
 	return len;
 }
@@ -656,7 +668,19 @@ static int range_once(CURL *h, const struct http_settings *s, struct http_object
 int http_read_range(const struct http_settings *s, struct http_pool *pool, struct http_object *o, void *buf,
 		    uint64_t off, size_t len, size_t *got, char err[ST_ERR_LEN])
 {
-	struct range_answer a = {.buf = buf, .want = len};
+	struct http_piece one = {buf, len};
+
+	return http_read_pieces(s, pool, o, &one, 1, off, got, err);
+}
+
+int http_read_pieces(const struct http_settings *s, struct http_pool *pool, struct http_object *o,
+		     const struct http_piece *pieces, size_t n_pieces, uint64_t off, size_t *got, char err[ST_ERR_LEN])
+{
+	size_t len = 0;
+
+	for (size_t i = 0; i < n_pieces; i++)
+		len += pieces[i].len;
+	struct range_answer a = {.pieces = pieces, .n_pieces = n_pieces, .want = len};
 	CURL *h = len ? pool_take(pool) : NULL;
 	int rc = -ENOMEM;
 

@@ -106,6 +106,15 @@ int http_read_range(const struct http_settings *s, struct http_pool *pool, struc
 		    void *buf, uint64_t off, size_t len, size_t *got, char err[ST_ERR_LEN]);
 void http_object_free(struct http_object *o);
 
+/* The same for a range whose bytes go to several buffers, one after another (blocks). */
+struct http_piece {
+	void *buf;
+	size_t len;
+};
+int http_read_pieces(const struct http_settings *s, struct http_pool *pool, struct http_object *o,
+		     const struct http_piece *pieces, size_t n_pieces, uint64_t off, size_t *got,
+		     char err[ST_ERR_LEN]);
+
 /* An HTTP date (Last-Modified) as a time. */
 bool http_time(const char *date, time_t *t);
 

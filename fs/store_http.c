@@ -24,8 +24,11 @@
 
 /* Threads that fetch blocks, per source: requests in flight at most (and the readers'). */
 #define FETCHERS 16
-/* What is fetched ahead of a reader that goes on where it stopped (at most a quarter of the cache). */
-#define READAHEAD_BYTES (8u << 20)
+/* What is fetched ahead of a reader that goes on where it stopped (at most a quarter of the
+ * cache), and how much of it one request brings. */
+#define READAHEAD_BYTES (16u << 20)
+#define RUN_BYTES (4u << 20)
+#define RUN_BLOCKS_MAX 1024 /* RUN_BYTES of the smallest blocks (4 KiB) */
 
 enum slot_state { EMPTY, LOADING, READY };
 
@@ -215,51 +218,101 @@ struct fetchers {
 	size_t n_threads;
 };
 
-static void fetch_one(struct batch *b, struct fetch *f)
+/* Block F's key on disk (the block number first: nothing of it is ever cut off), or NULL. */
+static char *block_key(const struct http_store *h, const struct fetch *f)
 {
-	struct http_store *h = b->h;
-	char *key = NULL;
-	size_t got;
+	char *key;
 
-	/* The block number first: nothing of the key is ever cut off. */
-	if (h->disk_key && asprintf(&key, "%llu\n%s", (unsigned long long)f->block, h->disk_key) < 0)
-		key = NULL;
-	if (key) {
-		if (diskcache_get(h->disk, key, f->data, f->len) == 0) {
-			free(key);
-			f->rc = 0;
-			return;
-		}
-	}
-	f->rc = http_read_range(h->settings, h->pool, &h->obj, f->data, f->block * h->cache->block_size, f->len,
-				&got, f->err);
-	if (f->rc == 0 && key)
-		diskcache_put(h->disk, key, f->data, f->len);
-	free(key);
+	if (!h->disk_key || asprintf(&key, "%llu\n%s", (unsigned long long)f->block, h->disk_key) < 0)
+		return NULL;
+	return key;
 }
 
-/* Under the lock: the next block of the queue's first batch, which leaves the queue once all
- * of its blocks are taken.  NULL when the queue is empty. */
-static struct fetch *take(struct fetchers *fp, struct batch **from)
+/* Whether block F came from the disk cache. */
+static bool from_disk(const struct http_store *h, struct fetch *f)
+{
+	char *key = block_key(h, f);
+	bool hit = key && diskcache_get(h->disk, key, f->data, f->len) == 0;
+
+	free(key);
+	if (hit)
+		f->rc = 0;
+	return hit;
+}
+
+/* Blocks F[0..k) (consecutive) in one range request, each into its buffer; kept on disk. */
+static void fetch_run(struct http_store *h, struct fetch *f, size_t k)
+{
+	struct http_piece pieces[RUN_BLOCKS_MAX];
+	size_t got;
+
+	for (size_t i = 0; i < k; i++)
+		pieces[i] = (struct http_piece){f[i].data, f[i].len};
+	int rc = http_read_pieces(h->settings, h->pool, &h->obj, pieces, k, f[0].block * h->cache->block_size, &got,
+				  f[0].err);
+	for (size_t i = 0; i < k; i++) {
+		f[i].rc = rc;
+		if (i)
+			memcpy(f[i].err, f[0].err, sizeof(f[i].err));
+		char *key = rc == 0 ? block_key(h, &f[i]) : NULL;
+		if (key)
+			diskcache_put(h->disk, key, f[i].data, f[i].len);
+		free(key);
+	}
+}
+
+/* Blocks F[0..k): those on disk from there, the others from the network, one request per
+ * consecutive stretch of them. */
+static void fetch_some(struct http_store *h, struct fetch *f, size_t k)
+{
+	size_t start = 0;
+
+	for (size_t i = 0; i <= k; i++) {
+		if (i < k && !(h->disk_key && from_disk(h, &f[i])))
+			continue;
+		if (i > start)
+			fetch_run(h, f + start, i - start);
+		start = i + 1;
+	}
+}
+
+/* How many blocks one request may bring: a sequential reader's are fetched RUN_BYTES at a
+ * time, so that a request's cost (on the server, and here) is paid once per run. */
+static size_t run_blocks(const struct http_store *h)
+{
+	size_t n = RUN_BYTES / h->cache->block_size;
+
+	return n < 1 ? 1 : n > RUN_BLOCKS_MAX ? RUN_BLOCKS_MAX : n;
+}
+
+/* Under the lock: the next blocks of the queue's first batch, as many consecutive ones as
+ * one request may bring (*k); the batch leaves the queue once all of its blocks are taken.
+ * NULL when the queue is empty. */
+static struct fetch *take(struct fetchers *fp, struct batch **from, size_t *k)
 {
 	struct batch *b = fp->head;
 
 	if (!b)
 		return NULL;
-	struct fetch *f = &b->f[b->next++];
+	struct fetch *f = &b->f[b->next];
+	size_t max = run_blocks(b->h);
+	*k = 1;
+	while (*k < max && b->next + *k < b->n && f[*k].block == f[*k - 1].block + 1)
+		(*k)++;
+	b->next += *k;
 	if (b->next == b->n && !(fp->head = b->queued))
 		fp->tail = NULL;
 	*from = b;
 	return f;
 }
 
-/* Fetches F of B; the last block done ends B.  B is not touched after that. */
-static void do_one(struct fetchers *fp, struct batch *b, struct fetch *f)
+/* Fetches F[0..k) of B; the last block done ends B.  B is not touched after that. */
+static void do_some(struct fetchers *fp, struct batch *b, struct fetch *f, size_t k)
 {
-	fetch_one(b, f);
+	fetch_some(b->h, f, k);
 	pthread_mutex_lock(&fp->lock);
 	/* A reader's batch may be gone the moment the lock is let go: read it before. */
-	void (*finish)(struct batch *) = ++b->done == b->n ? b->finish : NULL;
+	void (*finish)(struct batch *) = (b->done += k) == b->n ? b->finish : NULL;
 	if (b->done == b->n && !finish)
 		pthread_cond_broadcast(&fp->finished);
 	pthread_mutex_unlock(&fp->lock);
@@ -272,6 +325,7 @@ static void *fetcher(void *arg)
 	struct fetchers *fp = arg;
 	struct batch *b;
 	struct fetch *f;
+	size_t k;
 
 	pthread_mutex_lock(&fp->lock);
 	for (;;) {
@@ -279,9 +333,9 @@ static void *fetcher(void *arg)
 			pthread_cond_wait(&fp->work, &fp->lock);
 		if (fp->stop && !fp->head)
 			break;
-		f = take(fp, &b);
+		f = take(fp, &b, &k);
 		pthread_mutex_unlock(&fp->lock);
-		do_one(fp, b, f);
+		do_some(fp, b, f, k);
 		pthread_mutex_lock(&fp->lock);
 	}
 	pthread_mutex_unlock(&fp->lock);
@@ -306,16 +360,17 @@ static void submit(struct fetchers *fp, struct batch *b)
 static void fetch_all(struct fetchers *fp, struct batch *b)
 {
 	if (b->n == 1) { /* nothing to share */
-		fetch_one(b, &b->f[0]);
+		fetch_some(b->h, b->f, 1);
 		return;
 	}
 	submit(fp, b);
 	pthread_mutex_lock(&fp->lock);
 	while (b->next < b->n && fp->head == b) {
 		struct batch *from;
-		struct fetch *f = take(fp, &from);
+		size_t k;
+		struct fetch *f = take(fp, &from, &k);
 		pthread_mutex_unlock(&fp->lock);
-		do_one(fp, from, f);
+		do_some(fp, from, f, k);
 		pthread_mutex_lock(&fp->lock);
 	}
 	while (b->done < b->n)
