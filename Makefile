@@ -33,7 +33,7 @@ BINARIES   := $(BUILD)/safetensorsfs $(TEST_BINS)
 PYTEST = SAFETENSORSFS=$(abspath $(1))/safetensorsfs TEST_PARSER=$(abspath $(1))/test_parser \
 	TEST_BIN_DIR=$(abspath $(1)) $(VENV)/bin/python -m pytest -q -ra tests
 
-.PHONY: all deps venv venv-demo test test-asan demo bench fuzz corpus stress install devcarry clean
+.PHONY: all deps venv venv-demo venv-bench test test-asan demo bench fuzz corpus stress install devcarry clean
 
 all: $(BINARIES)
 
@@ -88,10 +88,19 @@ demo: deps
 	@$(MAKE) --no-print-directory all venv-demo
 	scripts/demo.sh $(BUILD)/safetensorsfs
 
+# make bench's own environment: the tests' packages and the peers it compares remote reads
+# with (s3fs, Run:ai's streamer, which brings torch: several GB): scripts/requirements-bench.txt.
+venv-bench: $(VENV)-bench/.bench-installed
+
+$(VENV)-bench/.bench-installed: scripts/requirements-bench.txt
+	$(PYTHON) -m venv $(VENV)-bench
+	$(VENV)-bench/bin/pip install -q --disable-pip-version-check --require-hashes -r scripts/requirements-bench.txt
+	@touch $@
+
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory all venv
-	scripts/bench/run.sh $(BUILD)/safetensorsfs
+	@$(MAKE) --no-print-directory all venv-bench
+	PYTHON=$(VENV)-bench/bin/python scripts/bench/run.sh $(BUILD)/safetensorsfs
 
 # libFuzzer targets (clang): the parser, and the tree/escaping code fed from it.
 # New inputs land in build-fuzz/corpus-*; tests/corpus seeds them, and tests/fuzz/remote-seeds

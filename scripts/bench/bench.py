@@ -345,8 +345,9 @@ def main():
     # cases_extra imports its helpers from this module: let it find this copy rather than load a second
     sys.modules.setdefault("bench", sys.modules[__name__])
     import cases_extra
+    import cases_remote
     cases = {"sequential": case_sequential_warm, "mount": case_mount_time, "views": case_views,
-             **cases_extra.CASES}
+             **cases_extra.CASES, **cases_remote.CASES}
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
     p.add_argument("--pairs", type=int, default=None, help="alternating pairs per case (default 5; 2 with --quick)")
