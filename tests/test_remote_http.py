@@ -742,6 +742,14 @@ def test_block_size_must_be_a_power_of_two(serve, tmp_path, rmount, bad):
     refused(s.url("two.safetensors"), tmp_path, "-o", f"block_size={bad}")
 
 
+@pytest.mark.parametrize("opts", [("-o", "cache_size=1M"), ("-o", "block_size=64M", "-o", "cache_size=512M"),
+                                  ("-o", "cache_size=lots")])
+def test_cache_must_hold_16_blocks(serve, tmp_path, opts):
+    """Memory is what cache_size says: 16 blocks at least, so that reads in flight fit."""
+    s = serve()
+    refused(s.url("two.safetensors"), tmp_path, *opts)
+
+
 # ============================================================ secrets are never shown
 
 USER, PASSWORD = "alice", "pw-SECRET-1a2b"
