@@ -815,11 +815,8 @@ int hub_open(const struct http_settings *s, const char *uri, struct remote_listi
 	char line[ST_ERR_LEN];
 	int rc;
 
-	memset(out, 0, sizeof(*out));
-	err[0] = '\0';
-	if (!(out->display = malloc(ST_ERR_LEN / 2)))
+	if (remote_listing_init(out, uri, err) < 0)
 		return -ENOMEM;
-	http_redact(uri, out->display, ST_ERR_LEN / 2);
 	c.display = out->display;
 	if ((rc = hub_parse_uri(uri, &c.u, line))) {
 		if (rc != -ENOMEM)

@@ -17,17 +17,25 @@ void remote_listing_free(struct remote_listing *l)
 	memset(l, 0, sizeof(*l));
 }
 
+int remote_listing_init(struct remote_listing *out, const char *uri, char err[ST_ERR_LEN])
+{
+	memset(out, 0, sizeof(*out));
+	err[0] = '\0';
+	if (!(out->display = malloc(ST_ERR_LEN / 2)))
+		return -ENOMEM;
+	http_redact(uri, out->display, ST_ERR_LEN / 2);
+	return 0;
+}
+
 int http_listing(const char *url, struct remote_listing *out, char err[ST_ERR_LEN])
 {
 	const char *host = strstr(url, "://") + 3;
 	size_t end = strcspn(url, "?#"), slash = end;
 
-	memset(out, 0, sizeof(*out));
 	while (slash > (size_t)(host - url) && url[slash - 1] != '/')
 		slash--;
-	if (!(out->display = malloc(ST_ERR_LEN / 2)))
+	if (remote_listing_init(out, url, err) < 0)
 		return -ENOMEM;
-	http_redact(url, out->display, ST_ERR_LEN / 2);
 	if (slash <= (size_t)(host - url) || slash == end) {
 		snprintf(err, ST_ERR_LEN, "%s: names no file (a .safetensors file or a *.safetensors.index.json)",
 			 out->display);

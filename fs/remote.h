@@ -23,6 +23,9 @@ struct remote_listing {
 
 void remote_listing_free(struct remote_listing *l);
 
+/* OUT emptied, with its display (URI redacted) and err "" set: how each resolver starts. */
+int remote_listing_init(struct remote_listing *out, const char *uri, char err[ST_ERR_LEN]);
+
 /* http(s)://HOST/PATH/NAME[?QUERY] as one object NAME (as written) beside nothing, in
  * base http(s)://HOST/PATH/.  Returns 0 or -ENOMEM; -EINVAL with err for a URL without a
  * file name. */

@@ -1221,11 +1221,8 @@ int s3_open(const struct http_settings *s, const char *uri, struct remote_listin
 	char line[ST_ERR_LEN];
 	int rc;
 
-	memset(out, 0, sizeof(*out));
-	err[0] = '\0';
-	if (!(out->display = malloc(ST_ERR_LEN / 2)))
+	if (remote_listing_init(out, uri, err) < 0)
 		return -ENOMEM;
-	http_redact(uri, out->display, ST_ERR_LEN / 2);
 	c.display = out->display;
 	if ((rc = s3_parse_uri(uri, &c.u, line)) == 0 && (rc = s3_find_config(env_get, NULL, &c.c, line)) == 0)
 		rc = s3_listing(&c, out, err);

@@ -621,3 +621,27 @@ def remote_mounted(url, mnt, opts=(), logdir=None, stderr_ok=False, secrets=()):
         m.check_alive()
     finally:
         m.stop()
+
+
+@contextlib.contextmanager
+def remote_mounts(tmp_path, prefix="rmnt"):
+    """For a fixture: start(url, *opts, stderr_ok=False, secrets=()) -> a started RemoteMount,
+    each unmounted at the end; fails if a daemon would not stop cleanly, wrote anything
+    (unless stderr_ok) or wrote a secret."""
+    mounts = []
+
+    def start(url, *opts, stderr_ok=False, secrets=()):
+        m = RemoteMount(url, Path(tmp_path) / f"{prefix}{len(mounts)}", opts, logdir=tmp_path,
+                        stderr_ok=stderr_ok, secrets=secrets)
+        mounts.append(m)
+        return m.start()
+
+    yield start
+    problems = []
+    for m in reversed(mounts):
+        try:
+            m.stop()
+        except util.DaemonError as e:
+            problems.append(str(e))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

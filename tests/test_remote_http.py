@@ -102,26 +102,9 @@ def serve(tmp_path):
 
 @pytest.fixture
 def rmount(tmp_path, fuse_environment):
-    """rmount(url, *opts, stderr_ok=False, secrets=()) -> a started netservers.RemoteMount,
-    unmounted at teardown; the test fails if a daemon would not stop cleanly, wrote
-    anything (unless stderr_ok) or wrote a secret."""
-    mounts = []
-
-    def start(url, *opts, stderr_ok=False, secrets=()):
-        m = ns.RemoteMount(url, tmp_path / f"rmnt{len(mounts)}", opts, logdir=tmp_path,
-                           stderr_ok=stderr_ok, secrets=secrets)
-        mounts.append(m)
-        return m.start()
-
-    yield start
-    problems = []
-    for m in reversed(mounts):
-        try:
-            m.stop()
-        except util.DaemonError as e:
-            problems.append(str(e))
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    """rmount(url, *opts, stderr_ok=False, secrets=()): netservers.remote_mounts."""
+    with ns.remote_mounts(tmp_path) as start:
+        yield start
 
 
 def refused(url, tmp_path, *opts):

@@ -75,16 +75,8 @@ def hub_env(hub, monkeypatch, tmp_path):
 
 @pytest.fixture
 def hmount(tmp_path, fuse_environment):
-    mounts = []
-
-    def start(url, *opts, secrets=()):
-        m = ns.RemoteMount(url, tmp_path / f"hmnt{len(mounts)}", opts, logdir=tmp_path, secrets=secrets)
-        mounts.append(m)
-        return m.start()
-
-    yield start
-    for m in reversed(mounts):
-        m.stop()
+    with ns.remote_mounts(tmp_path, "hmnt") as start:
+        yield start
 
 
 def tree_of(mnt):

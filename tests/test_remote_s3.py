@@ -70,16 +70,8 @@ def aws_env(s3, monkeypatch, tmp_path):
 
 @pytest.fixture
 def smount(tmp_path, fuse_environment):
-    mounts = []
-
-    def start(url, *opts, secrets=()):
-        m = ns.RemoteMount(url, tmp_path / f"smnt{len(mounts)}", opts, logdir=tmp_path, secrets=secrets)
-        mounts.append(m)
-        return m.start()
-
-    yield start
-    for m in reversed(mounts):
-        m.stop()
+    with ns.remote_mounts(tmp_path, "smnt") as start:
+        yield start
 
 
 def listing(mnt):
