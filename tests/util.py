@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MOUNT_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
@@ -443,3 +445,17 @@ def errno_of(fn, *args, **kw):
 
 
 READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def run_c_unit_tests(name):
+    """Runs the C unit-test binary NAME (tests/c/NAME.c, built in TEST_BIN_DIR): every check
+    passes, with no sanitizer report."""
+    path = Path(os.environ.get("TEST_BIN_DIR", ROOT / "build")) / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run make (TEST_BIN_DIR names the build folder)")
+    r = subprocess.run([str(path)], capture_output=True, text=True, timeout=60, env=daemon_env())
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert not any(m in out for m in SANITIZER_MARKERS), out[-4000:]
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    assert last.endswith(" 0 failed") and " passed, " in last, last
