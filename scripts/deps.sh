@@ -14,8 +14,9 @@ set -eu
 BUILD_PACKAGES="build-essential pkg-config libfuse3-dev fuse3 libjson-c-dev libcurl4-openssl-dev attr"
 # valgrind: the parser run over the corpus (tests/test_corpus.py); rsync: the tools another
 # user runs over a shared mount (tests/test_shared_mount.py); nginx-light and openssl: the
-# HTTP(S) server remote sources are tested against, and its CA and certificate.
-TEST_PACKAGES="valgrind rsync nginx-light openssl"
+# HTTP(S) server remote sources are tested against, and its CA and certificate; curl: the
+# independent client those servers are checked with.
+TEST_PACKAGES="valgrind rsync nginx-light openssl curl"
 # squashfuse, squashfs-tools: the C FUSE peer that make bench reads the same files through.
 BENCH_PACKAGES="squashfuse squashfs-tools"
 
