@@ -852,7 +852,11 @@ def test_disk_cache_deleted_while_mounted(big_root, serve, rmount, tmp_path):
     cache = tmp_path / "cache"
     m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
     read_some(m, 1 << 20)
-    shutil.rmtree(cache)
+    # Readahead may still be writing blocks into it: remove until it is gone.
+    def gone():
+        shutil.rmtree(cache, ignore_errors=True)
+        return not cache.exists()
+    ns.wait_until(gone, 30, "the cache directory to be removed")
     with open(Path(m.mnt) / "big", "rb") as f:
         f.seek(4 << 20)
         assert f.read(4 << 20) == big_bytes()[4 << 20: 8 << 20]
@@ -881,8 +885,8 @@ def test_disk_cache_full_disk(big_root, serve, rmount, tmp_path):
         s = serve(big_root)
         m = rmount(s.url("big.safetensors"), "-o", "block_size=65536", "-o", f"cache={cache}")
         read_some(m, 8 << 20)
+        m.stop()  # readahead done: nothing is being written
         assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")], "half-written files left"
-        m.stop()
     finally:
         subprocess.run(["umount", "-l", str(cache)], capture_output=True)
 
