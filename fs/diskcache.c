@@ -28,9 +28,9 @@ struct diskcache {
 	char *dir;
 	int dir_fd;
 	uint64_t max_bytes;
-	atomic_uint_fast64_t bytes; /* what the directory holds, as last counted plus puts since */
-	atomic_uint_fast64_t tmp_seq;
 	pthread_mutex_t trim_lock;
+	uint64_t bytes; /* under trim_lock: what the directory holds, as last counted plus puts since */
+	atomic_uint_fast64_t tmp_seq;
 };
 
 /* FNV-1a, 64 bits: names files and catches damage; the key in the file settles collisions. */
@@ -102,14 +102,13 @@ static size_t list(struct diskcache *c, struct entry **out, uint64_t *total)
 	return n;
 }
 
-/* Over the bound: the least recently used files go until 90% of it is left. */
+/* Under trim_lock, over the bound: the least recently used files go until 90% of it is
+ * left, and the count is what the directory holds (other mounts' files included). */
 static void trim(struct diskcache *c)
 {
 	struct entry *v;
 	uint64_t total;
 
-	if (pthread_mutex_trylock(&c->trim_lock) != 0)
-		return; /* another thread is at it */
 	size_t n = list(c, &v, &total);
 	if (total > c->max_bytes) {
 		qsort(v, n, sizeof(*v), older);
@@ -117,9 +116,8 @@ static void trim(struct diskcache *c)
 			if (unlinkat(c->dir_fd, v[i].name, 0) == 0)
 				total -= v[i].size;
 	}
-	atomic_store(&c->bytes, total);
+	c->bytes = total;
 	free(v);
-	pthread_mutex_unlock(&c->trim_lock);
 }
 
 int diskcache_open(const char *dir, uint64_t max_bytes, struct diskcache **out, char err[ST_ERR_LEN])
@@ -143,7 +141,9 @@ int diskcache_open(const char *dir, uint64_t max_bytes, struct diskcache **out, 
 	}
 	c->max_bytes = max_bytes;
 	pthread_mutex_init(&c->trim_lock, NULL);
+	pthread_mutex_lock(&c->trim_lock);
 	trim(c);
+	pthread_mutex_unlock(&c->trim_lock);
 	*out = c;
 	return 0;
 fail:
@@ -222,6 +222,10 @@ void diskcache_put(struct diskcache *c, const char *key, const void *buf, size_t
 		unlinkat(c->dir_fd, tmp, 0);
 		return;
 	}
-	if (atomic_fetch_add(&c->bytes, sizeof(h) + key_len + len) + sizeof(h) + key_len + len > c->max_bytes)
+	/* Counted one put at a time, so that the bound holds: the trim is rare, the wait short. */
+	pthread_mutex_lock(&c->trim_lock);
+	c->bytes += sizeof(h) + key_len + len;
+	if (c->bytes > c->max_bytes)
 		trim(c);
+	pthread_mutex_unlock(&c->trim_lock);
 }
