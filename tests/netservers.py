@@ -613,17 +613,6 @@ class RemoteMount(util.Mount):
 
 
 @contextlib.contextmanager
-def remote_mounted(url, mnt, opts=(), logdir=None, stderr_ok=False, secrets=()):
-    m = RemoteMount(url, mnt, opts, logdir, stderr_ok, secrets)
-    try:
-        m.start()
-        yield m
-        m.check_alive()
-    finally:
-        m.stop()
-
-
-@contextlib.contextmanager
 def remote_mounts(tmp_path, prefix="rmnt"):
     """For a fixture: start(url, *opts, stderr_ok=False, secrets=()) -> a started RemoteMount,
     each unmounted at the end; fails if a daemon would not stop cleanly, wrote anything

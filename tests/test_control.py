@@ -20,18 +20,7 @@ import safetensorsfs_client as client  # noqa: E402
 
 
 def exchange(mnt, line):
-    fd = os.open(Path(mnt) / ".control", os.O_RDWR)
-    try:
-        os.write(fd, line.encode() + b"\n")
-        out = b""
-        while not out.endswith(b"\n"):
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(fd)
-    return json.loads(out)
+    return util.control_exchange(mnt, line)
 
 
 @pytest.fixture

@@ -459,3 +459,19 @@ def run_c_unit_tests(name):
     assert not any(m in out for m in SANITIZER_MARKERS), out[-4000:]
     last = [line for line in out.splitlines() if line.strip()][-1]
     assert last.endswith(" 0 failed") and " passed, " in last, last
+
+
+def control_exchange(mnt, line):
+    """One /.control command line and its JSON reply."""
+    fd = os.open(Path(mnt) / ".control", os.O_RDWR)
+    try:
+        os.write(fd, line.encode() + b"\n")
+        out = b""
+        while not out.endswith(b"\n"):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(fd)
+    return json.loads(out)

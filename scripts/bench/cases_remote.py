@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from bench import CHUNK, Mount, header_model, many_tensor_model, mountpoint, read_range, size_label, summary, timed
+from bench import CHUNK, Mount, header_model, many_tensor_model, mountpoint, pairs, read_range, size_label, summary, timed
 from cases_extra import header_bytes, skipped_row, tensor_offsets, time_row, value_row
 
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
@@ -426,10 +426,7 @@ def case_remote_http_fsspec(args, work):
         def ours():
             with Mount(args.bin, url, mnt):
                 return timed(lambda: read_range(mnt / "w", 0, size, buf))
-        t_theirs, t_ours = [], []
-        for _ in range(args.pairs):
-            t_theirs.append(timed(theirs))
-            t_ours.append(ours())
+        t_theirs, t_ours = pairs(args.pairs, lambda: timed(theirs), ours)
     r = time_row(what, "fsspec.filesystem('http').open, default blocks", "the mount (fresh)", t_theirs, t_ours, 1.0,
                  size)
     r["note"] += loopback_note()
@@ -688,10 +685,7 @@ def case_remote_hffs(args, work):
         def ours():
             with Mount(args.bin, "hf://org/m", mnt):
                 return timed(lambda: read_range(mnt / "w", 0, size, buf))
-        t_theirs, t_ours = [], []
-        for _ in range(args.pairs):
-            t_theirs.append(timed(theirs))
-            t_ours.append(ours())
+        t_theirs, t_ours = pairs(args.pairs, lambda: timed(theirs), ours)
     r = time_row(what, "HfFileSystem(endpoint=).open, default blocks (open included)", "the mount (fresh; read only)",
                  t_theirs, t_ours, 1.0, size)
     r["note"] += f"; {FAKES}: the Hub's Python server, no latency, no bandwidth limit"
@@ -728,10 +722,7 @@ def case_remote_s3fs(args, work):
             def ours():
                 with Mount(args.bin, url, mnt):
                     return timed(lambda: read_range(mnt / "w", 0, size, buf))
-            t_theirs, t_ours = [], []
-            for _ in range(args.pairs):
-                t_theirs.append(timed(theirs))
-                t_ours.append(ours())
+            t_theirs, t_ours = pairs(args.pairs, lambda: timed(theirs), ours)
     r = time_row(what, "s3fs.S3FileSystem().open, default blocks (open included)", "the mount (fresh; read only)",
                  t_theirs, t_ours, 1.0, size)
     r["note"] += f"; {FAKES}: moto (ranged GETs read only their range, see MOTO_RANGED), no latency"
@@ -780,10 +771,7 @@ def case_remote_runai(args, work):
             with Mount(args.bin, url, mnt):
                 for name in offsets:
                     same_bytes(model, offsets[name], tensor_path(mnt, name), 0, CHUNK)
-            t_theirs, t_ours = [], []
-            for _ in range(args.pairs):
-                t_theirs.append(timed(theirs))
-                t_ours.append(ours())
+            t_theirs, t_ours = pairs(args.pairs, lambda: timed(theirs), ours)
     r = time_row(what, "SafetensorsStreamer().stream_file(s3://…, cpu), defaults", "fresh mount + np.fromfile each",
                  t_theirs, t_ours, 1.0, want)
     r["note"] += f"; mount included; {FAKES}: moto (ranged GETs read only their range), no latency"
