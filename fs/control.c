@@ -214,7 +214,7 @@ static int add_path(struct fs *fs, struct items *it, const char *pattern, char *
 					/* src: the tensor's first byte; its slice's runs are added at upload. */
 					const struct node *n = &fs->tree.nodes[vn->tensor];
 					rc = add(it, (struct item){vn->tensor, vn, shard_of(fs, n),
-								   tensor_file_offset(fs, n), vn->plan.size, 0});
+								   vn->src_start, vn->plan.size, 0});
 				}
 				free(copy);
 				return rc;

@@ -53,6 +53,10 @@ struct fs_options {
 	char *retries_arg;
 	char *block_size_arg;
 	char *cache_size_arg;
+	/* Quantized checkpoints (dequant.h). */
+	char *dequantize;       /* -o dequantize=BF16|F16|F32 */
+	char *gptq_format;      /* -o gptq_format=gptq|gptq_v2 */
+	char *ct_packing;       /* -o ct_packing=word|stream */
 };
 
 struct fs {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../gpu_direct/gpu.h"
+#include "dequant.h"
 #include "folder.h"
 #include "fs.h"
 #include "loop.h"
@@ -63,6 +64,10 @@ static const struct fuse_opt option_spec[] = {
 	OPT("retries=%s", retries_arg),
 	OPT("block_size=%s", block_size_arg),
 	OPT("cache_size=%s", cache_size_arg),
+	/* Quantized checkpoints. */
+	OPT("dequantize=%s", dequantize),
+	OPT("gptq_format=%s", gptq_format),
+	OPT("ct_packing=%s", ct_packing),
 	/* libfuse's, looked at here too and left for it (take_option) ... */
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME),
 	FUSE_OPT_KEY("subtype=", KEY_SUBTYPE),
@@ -105,6 +110,12 @@ static void usage(const char *prog, unsigned long reply_max)
 	       "    -o read_ahead_kb=N     the mount's readahead window when run as root\n"
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
+	       "    -o dequantize=BF16|F16|F32  show each quantized layer (FP8, GPTQ, AWQ,\n"
+	       "                           compressed-tensors, NVFP4, MXFP4, bitsandbytes int8)\n"
+	       "                           as one dense tensor of that dtype, its parts hidden\n"
+	       "    -o gptq_format=gptq|gptq_v2  GPTQ zero points, where no config says\n"
+	       "    -o ct_packing=word|stream  compressed-tensors packing of 3/5/6/7 bits,\n"
+	       "                           where no config says (stream from 0.17)\n"
 	       "    -o gpu=auto|cuda|hip|host|none  the default device of /.control uploads (auto)\n"
 	       "    -o max_upload=SIZE     bytes /.control buffers may hold together; K, M, G\n"
 	       "                           suffixes (default: half the RAM, /dev/shm's size)\n"
@@ -338,6 +349,27 @@ static int size_options(struct fs_options *opt, unsigned long reply_max)
 }
 
 /* -o cacert=, connect_timeout=, read_timeout=, retries=, block_size=, cache_size=. */
+/* -o dequantize=, gptq_format=, ct_packing=: 0, or 1 once the error is said. */
+static int dequant_options(const struct fs *fs, struct dequant_opts *dq)
+{
+	const struct fs_options *o = &fs->opt;
+
+	*dq = (struct dequant_opts){.dtype = -1, .hints = {.gptq_v2 = -1, .ct_stream = -1}};
+	if (o->dequantize) {
+		int d = st_dtype_from_name(o->dequantize, strlen(o->dequantize));
+		if (d != ST_BF16 && d != ST_F16 && d != ST_F32)
+			return fail("dequantize", "must be BF16, F16 or F32");
+	}
+	if (o->gptq_format && strcmp(o->gptq_format, "gptq") && strcmp(o->gptq_format, "gptq_v2"))
+		return fail("gptq_format", "must be gptq (v1 zero points, stored minus one) or gptq_v2");
+	if (o->ct_packing && strcmp(o->ct_packing, "word") && strcmp(o->ct_packing, "stream"))
+		return fail("ct_packing", "must be word (compressed-tensors before 0.17) or stream (0.17 on)");
+	dq->dtype = o->dequantize ? st_dtype_from_name(o->dequantize, strlen(o->dequantize)) : -1;
+	dq->hints.gptq_v2 = o->gptq_format ? strcmp(o->gptq_format, "gptq_v2") == 0 : -1;
+	dq->hints.ct_stream = o->ct_packing ? strcmp(o->ct_packing, "stream") == 0 : -1;
+	return 0;
+}
+
 static int remote_options(struct fs *fs)
 {
 	struct source_opts *o = &fs->source_opts;
@@ -441,6 +473,7 @@ static int serve(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
 {
 	char err[ST_ERR_LEN], *abs;
+	struct dequant_opts dq;
 	unsigned cpus = usable_cpus();
 	size_t reply_max = REPLY_MAX_PAGES * (size_t)sysconf(_SC_PAGESIZE);
 
@@ -470,7 +503,7 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return 1;
 	if (fs->opt.variant && !folder_variant_name(fs->opt.variant))
 		return fail("variant", "must be a name such as fp16: a letter, then letters, digits or _");
-	if (remote_options(fs))
+	if (remote_options(fs) || dequant_options(fs, &dq))
 		return 1;
 	if (http_is_url(fs->opt.source))
 		http_redact(fs->opt.source, fs->shown, sizeof(fs->shown));
@@ -487,6 +520,8 @@ static int setup(struct fs *fs, struct fuse_args *args, struct fuse_cmdline_opts
 		return fail_source(fs, err);
 	if (fs->src.warning)
 		fprintf(stderr, "safetensorsfs: %s: %s\n", fs->shown, fs->src.warning);
+	if (dequant_attach(&fs->src, &dq, err) < 0)
+		return fail(fs->shown, err);
 	if (tree_build(&fs->tree, &fs->src, fs->layout, err, sizeof(err)) < 0)
 		return fail(fs->shown, err);
 	abs = http_is_url(fs->opt.source) ? NULL : realpath(fs->opt.source, NULL);
@@ -545,6 +580,9 @@ int main(int argc, char *argv[])
 	free(fs.opt.retries_arg);
 	free(fs.opt.block_size_arg);
 	free(fs.opt.cache_size_arg);
+	free(fs.opt.dequantize);
+	free(fs.opt.gptq_format);
+	free(fs.opt.ct_packing);
 	tree_free(&fs.tree);
 	source_close(&fs.src);
 	free(fs.conn_opts);

@@ -618,7 +618,7 @@ static void gather(fuse_req_t req, const struct fs *fs, const struct view_node *
 {
 	const struct node *n = &fs->tree.nodes[v->tensor];
 	const struct shard *sh = shard_of(fs, n);
-	struct view_source vs = {sh, tensor_file_offset(fs, n), &v->plan, (uint64_t)off, NULL, 0, 0, 0, 0};
+	struct view_source vs = {sh, v->src_start, &v->plan, (uint64_t)off, NULL, 0, 0, 0, 0};
 
 	/* A gather may make a pread per run: let other requests be read meanwhile. */
 	loop_step_aside(fs->loop);
@@ -689,7 +689,7 @@ static void read_view(fuse_req_t req, struct fs *fs, const struct view_node *v, 
 	if (size > v->plan.size - (uint64_t)off)
 		size = (size_t)(v->plan.size - (uint64_t)off);
 	if (view_contiguous(&v->plan, &src))
-		reply_from_backing(req, fs, shard_of(fs, n), tensor_file_offset(fs, n) + src + (uint64_t)off, size);
+		reply_from_backing(req, fs, shard_of(fs, n), v->src_start + src + (uint64_t)off, size);
 	else
 		queue_gather(req, fs, v, size, off);
 }

@@ -729,7 +729,7 @@ int source_open(const char *path, const struct source_opts *opts, struct source 
 
 void source_close(struct source *src)
 {
-	for (size_t i = 0; i < src->n_shards; i++) {
+	for (size_t i = 0; i < src->n_shards + src->n_dense; i++) {
 		store_close(src->shards[i].store);
 		st_header_free(&src->shards[i].hdr);
 		free(src->shards[i].path);

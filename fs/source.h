@@ -22,6 +22,7 @@ struct shard {
 	char *label;         /* the path below SOURCE: the user.safetensors.file value */
 	uint32_t component;  /* index into source.components */
 	struct st_header hdr;
+	const uint8_t *hidden; /* per tensor, 1: a packed part of a dense tensor (dequant.h); or NULL */
 };
 
 /*
@@ -41,6 +42,7 @@ struct component {
 struct source {
 	struct shard *shards;
 	size_t n_shards, cap_shards;
+	size_t n_dense;      /* dense shards (dequant.h), after the n_shards files: shards[n_shards..] */
 	struct component *components;
 	size_t n_components, cap_components;
 	/* The root's: merged over all shards, with the index's when the model is the root (one

@@ -173,13 +173,15 @@ static long parent_dir(struct tree *t, struct prefix *p, long base, const char *
 }
 
 /* Pass 1: the directories of every tensor's name; remembers each tensor's parent. */
-static int make_dirs(struct tree *t, const struct st_header *h, enum layout layout, long base,
-		     uint32_t *parents, char *scratch)
+static int make_dirs(struct tree *t, const struct st_header *h, const uint8_t *hidden, enum layout layout,
+		     long base, uint32_t *parents, char *scratch)
 {
 	struct prefix p = {0};
 	int rc = 0;
 
 	for (size_t i = 0; i < h->n_tensors && !rc; i++) {
+		if (hidden && hidden[i])
+			continue;
 		long dir = layout == LAYOUT_FLAT ? base :
 			parent_dir(t, &p, base, st_tensor_name(h, &h->tensors[i]), h->tensors[i].name_len, scratch);
 		if (dir < 0)
@@ -193,10 +195,12 @@ static int make_dirs(struct tree *t, const struct st_header *h, enum layout layo
 }
 
 /* Pass 2: one file per tensor, renamed with COLLISION_SUFFIX where a directory took its name. */
-static int make_files(struct tree *t, const struct st_header *h, enum layout layout, uint32_t shard,
-		      const uint32_t *parents, char *scratch)
+static int make_files(struct tree *t, const struct st_header *h, const uint8_t *hidden, enum layout layout,
+		      uint32_t shard, const uint32_t *parents, char *scratch)
 {
 	for (size_t i = 0; i < h->n_tensors; i++) {
+		if (hidden && hidden[i]) /* a packed part: its dense tensor stands for it */
+			continue;
 		const struct st_tensor *ts = &h->tensors[i];
 		const char *name = st_tensor_name(h, ts);
 		const char *dot = layout == LAYOUT_TREE ? memrchr(name, '.', ts->name_len) : NULL;
@@ -297,7 +301,9 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 	char *scratch;
 	int rc = 0;
 
-	for (size_t s = 0; s < src->n_shards; s++) {
+	size_t n_shards = src->n_shards + src->n_dense;
+
+	for (size_t s = 0; s < n_shards; s++) {
 		const struct st_header *h = &src->shards[s].hdr;
 		for (size_t i = 0; i < h->n_tensors; i++)
 			if (h->tensors[i].name_len > max_name)
@@ -312,12 +318,14 @@ static int build(struct tree *t, const struct source *src, enum layout layout)
 		if (add_node(t, 0, reserved[i].name, strlen(reserved[i].name), reserved[i].kind) < 0)
 			rc = -ENOMEM;
 	/* All directories first, so a tensor file never takes a name a directory needs. */
-	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors) {
-		long base = component_dir(t, src, src->shards[s].component, scratch);
-		rc = base < 0 ? (int)base : make_dirs(t, &src->shards[s].hdr, layout, base, parents + first, scratch);
+	for (size_t s = 0, first = 0; s < n_shards && !rc; first += src->shards[s++].hdr.n_tensors) {
+		const struct shard *sh = &src->shards[s];
+		long base = component_dir(t, src, sh->component, scratch);
+		rc = base < 0 ? (int)base : make_dirs(t, &sh->hdr, sh->hidden, layout, base, parents + first, scratch);
 	}
-	for (size_t s = 0, first = 0; s < src->n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
-		rc = make_files(t, &src->shards[s].hdr, layout, (uint32_t)s, parents + first, scratch);
+	for (size_t s = 0, first = 0; s < n_shards && !rc; first += src->shards[s++].hdr.n_tensors)
+		rc = make_files(t, &src->shards[s].hdr, src->shards[s].hidden, layout, (uint32_t)s, parents + first,
+				scratch);
 	if (!rc)
 		rc = link_children(t);
 	free(scratch);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dequant.h"
 #include "fs.h"
 
 int view_table_init(struct view_table *t)
@@ -141,7 +142,16 @@ static int make(struct fs *fs, uint32_t parent, const char *name, struct view_no
 	const struct st_tensor *t = tensor_of(fs, n);
 	if (!(v = calloc(1, sizeof(*v))))
 		return -ENOMEM;
-	if ((rc = view_plan(&spec, t->dtype, h->dims + t->dims, t->rank, &v->plan)) < 0 ||
+	/* A dense tensor's views read its F32 image: every conversion rounds once, from the decoded value. */
+	enum st_dtype dtype = (enum st_dtype)t->dtype;
+	v->src_start = tensor_file_offset(fs, n);
+	if (dequant_is_dense(&fs->src, n->tensor.shard)) {
+		dequant_layer(shard_of(fs, n), n->tensor.index, &v->src_start);
+		dtype = ST_F32;
+		if (spec.dtype < 0) /* a slice or .npy keeps the tensor's dtype, as for any tensor */
+			spec.dtype = t->dtype;
+	}
+	if ((rc = view_plan(&spec, dtype, h->dims + t->dims, t->rank, &v->plan)) < 0 ||
 	    !(v->name = strdup(name))) {
 		/* Out of memory is no answer about the name: it must not become a cached ENOENT. */
 		view_plan_free(&v->plan);

@@ -33,6 +33,8 @@ struct view_node {
 	uint32_t parent;         /* the directory it was looked up in */
 	char *name;
 	struct view_plan plan;   /* read-only after creation */
+	uint64_t src_start;      /* where the plan's source begins in the tensor's shard: the tensor's
+				  * bytes, or a dense tensor's F32 image (dequant.h) */
 	uint64_t generation;     /* of its slot when made: FUSE's entry generation */
 	/* The rest is the table's, under its lock. */
 	uint64_t nlookup;        /* the kernel's references */

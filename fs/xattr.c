@@ -7,13 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dequant.h"
+
 #define META_PREFIX XATTR_PREFIX "metadata."
 /* The kernel's XATTR_NAME_MAX, XATTR_SIZE_MAX and XATTR_LIST_MAX (linux/limits.h). */
 #define XATTR_NAME_LIMIT 255
 #define XATTR_VALUE_LIMIT 65536
 #define XATTR_LIST_LIMIT 65536
 
-static const char *const tensor_attrs[] = {"name", "dtype", "shape", "data_offsets", "offset", "file"};
+static const char *const tensor_attrs[] = {"name", "dtype", "shape", "data_offsets", "offset", "file",
+					   "quantization"};
 static const char *const dir_attrs[] = {"tensors", "bytes", "shards"};
 /* And "offset" where the view's bytes are one range of the backing file. */
 static const char *const view_attrs[] = {"dtype", "shape", "file", "view_of"};
@@ -63,6 +66,17 @@ static int finish(struct buf *b, char **value, size_t *len)
 	return b->failed ? -ENOMEM : 0;
 }
 
+/* A dense tensor (-o dequantize=) has no bytes in a file, so no offsets, and says its format;
+ * a tensor of the file has no format to say. */
+static bool tensor_has(const struct fs *fs, const struct node *n, const char *attr)
+{
+	bool dense = dequant_is_dense(&fs->src, n->tensor.shard);
+
+	if (strcmp(attr, "quantization") == 0)
+		return dense;
+	return !dense || (strcmp(attr, "offset") != 0 && strcmp(attr, "data_offsets") != 0);
+}
+
 static void tensor_value(const struct fs *fs, const struct node *n, const char *attr, struct buf *b)
 {
 	const struct shard *sh = shard_of(fs, n);
@@ -91,6 +105,10 @@ static void tensor_value(const struct fs *fs, const struct node *n, const char *
 		add_u64(b, tensor_file_offset(fs, n));
 	} else if (strcmp(attr, "file") == 0) {
 		add(b, sh->label, strlen(sh->label));
+	} else if (strcmp(attr, "quantization") == 0) {
+		uint64_t f32;
+		const struct st_qlayer *l = dequant_layer(sh, n->tensor.index, &f32);
+		add(b, l->desc, strlen(l->desc));
 	}
 }
 
@@ -216,8 +234,9 @@ static int view_value(const struct fs *fs, const struct view_node *v, const char
 		add(b, st_tensor_name(&sh->hdr, t), t->name_len);
 	} else if (strcmp(attr, "file") == 0) {
 		add(b, sh->label, strlen(sh->label));
-	} else if (strcmp(attr, "offset") == 0 && view_contiguous(&v->plan, &off)) {
-		add_u64(b, tensor_file_offset(fs, n) + off);
+	} else if (strcmp(attr, "offset") == 0 && view_contiguous(&v->plan, &off) &&
+		   !dequant_is_dense(&fs->src, n->tensor.shard)) {
+		add_u64(b, v->src_start + off);
 	} else {
 		return -ENODATA;
 	}
@@ -239,7 +258,7 @@ int xattr_get(const struct fs *fs, const struct node *n, const struct view_node 
 		rc = dir_value(fs, &sc, name, &b);
 	} else if (n->kind == NODE_TENSOR) {
 		for (size_t i = 0; i < sizeof(tensor_attrs) / sizeof(*tensor_attrs); i++)
-			if (strcmp(name + strlen(XATTR_PREFIX), tensor_attrs[i]) == 0) {
+			if (strcmp(name + strlen(XATTR_PREFIX), tensor_attrs[i]) == 0 && tensor_has(fs, n, tensor_attrs[i])) {
 				tensor_value(fs, n, tensor_attrs[i], &b);
 				rc = 0;
 			}
@@ -285,7 +304,7 @@ int xattr_list(const struct fs *fs, const struct node *n, const struct view_node
 
 	if (v) {
 		list_names(&b, view_attrs, sizeof(view_attrs) / sizeof(*view_attrs));
-		if (view_contiguous(&v->plan, &off))
+		if (view_contiguous(&v->plan, &off) && !dequant_is_dense(&fs->src, fs->tree.nodes[v->tensor].tensor.shard))
 			add_name(&b, XATTR_PREFIX, "offset", strlen("offset"));
 	} else if (scope_of(fs, n, &sc) == 0) {
 		/* The fixed names first: each_meta_xattr counts them in the list's room. */
@@ -293,7 +312,9 @@ int xattr_list(const struct fs *fs, const struct node *n, const struct view_node
 		struct meta_list l = {sc.md, &b};
 		each_meta_xattr(sc.md, list_key, &l);
 	} else if (n->kind == NODE_TENSOR) {
-		list_names(&b, tensor_attrs, sizeof(tensor_attrs) / sizeof(*tensor_attrs));
+		for (size_t i = 0; i < sizeof(tensor_attrs) / sizeof(*tensor_attrs); i++)
+			if (tensor_has(fs, n, tensor_attrs[i]))
+				add_name(&b, XATTR_PREFIX, tensor_attrs[i], strlen(tensor_attrs[i]));
 	}
 	return finish(&b, list, len);
 }
