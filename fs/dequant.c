@@ -206,19 +206,29 @@ const struct st_qlayer *dequant_layer(const struct shard *sh, uint32_t index, ui
 
 /* ---- Attaching ---- */
 
+/* Where the quantization config may be, in this order, and how long it may be. */
+static const char *const config_files[] = {"config.json", "quantize_config.json", "quant_config.json",
+					   "hf_quant_config.json"};
+#define CONFIG_MAX (16u << 20)
+
+/* config.json counts only where it speaks of quantization; the others always do. */
+static bool quant_said(const char *text, size_t n)
+{
+	return memmem(text, n, "quantization_config", 19) || memmem(text, n, "compression_config", 18);
+}
+
 /* The text of the first quantization config in dir, or NULL (*name says which file). */
 static char *read_config(const char *dir, const char **name, size_t *len)
 {
-	static const char *const files[] = {"config.json", "quantize_config.json", "quant_config.json",
-					    "hf_quant_config.json"};
+	const char *const *files = config_files;
 
-	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+	for (size_t i = 0; i < sizeof config_files / sizeof *config_files; i++) {
 		char path[4096], *text;
 		int fd;
 		if (snprintf(path, sizeof path, "%s/%s", dir, files[i]) >= (int)sizeof path ||
 		    (fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0)
 			continue;
-		size_t cap = (16u << 20) + 1, n = 0;
+		size_t cap = CONFIG_MAX + 1, n = 0;
 		ssize_t got = 0;
 		if (!(text = malloc(cap))) {
 			close(fd);
@@ -227,15 +237,35 @@ static char *read_config(const char *dir, const char **name, size_t *len)
 		while (n < cap && (got = read(fd, text + n, cap - n)) > 0)
 			n += (size_t)got;
 		close(fd);
-		/* config.json counts only where it speaks of quantization; the others always do. */
-		if (got < 0 || (i == 0 && !memmem(text, n, "quantization_config", 19) &&
-				!memmem(text, n, "compression_config", 18))) {
+		if (got < 0 || (i == 0 && !quant_said(text, n))) {
 			free(text);
 			continue;
 		}
 		*name = files[i];
 		*len = n;
 		return text;
+	}
+	return NULL;
+}
+
+/* The same beside a remote component: the first of the names the server has (any answer but
+ * 200 means "not there"; a quantized layer is then read from its header alone). */
+static char *fetch_config(const struct source *src, const char *dir, const char **name, size_t *len)
+{
+	for (size_t i = 0; i < sizeof config_files / sizeof *config_files; i++) {
+		struct http_response r;
+		char url[8192], err[ST_ERR_LEN], *text = NULL;
+		if (snprintf(url, sizeof url, "%s/%s", dir, config_files[i]) >= (int)sizeof url ||
+		    http_get(&src->http, url, &src->remote->auth, CONFIG_MAX, &r, err) < 0)
+			continue;
+		if (r.status == 200 && (i > 0 || quant_said(r.body, r.len)) && (text = malloc(r.len + 1))) {
+			memcpy(text, r.body, r.len);
+			*name = config_files[i];
+			*len = r.len;
+		}
+		http_response_free(&r);
+		if (text)
+			return text;
 	}
 	return NULL;
 }
@@ -322,8 +352,7 @@ static int attach_component(struct source *src, size_t c, const struct dequant_o
 	}
 	for (size_t i = 0; i < k->count; i++)
 		hdrs[i] = &src->shards[k->first + i].hdr;
-	if (!src->remote)
-		config = read_config(k->dir, &cname, &clen);
+	config = src->remote ? fetch_config(src, k->dir, &cname, &clen) : read_config(k->dir, &cname, &clen);
 	*d = (struct dense_store){.s = {.ops = &dense_ops, .fd = -1, .mtime = src->shards[k->first].store->mtime},
 				  .src = src, .first = k->first, .dtype = (enum st_dtype)o->dtype};
 	struct st_quant_hints hints = o->hints;
