@@ -2,6 +2,7 @@
 #include "decode.h"
 
 #include <errno.h>
+#include <string.h>
 
 #include "decode_util.h"
 #include "convert.h"
@@ -47,6 +48,79 @@ int decode_read_f32(const struct decode_io *io, enum st_qrole role, uint64_t fir
 			return rc;
 		convert(in->dtype, ST_F32, raw, 0, out + done, n);
 		done += n;
+	}
+	return 0;
+}
+
+int decode_elements(const struct decode_input *in, uint64_t *count)
+{
+	uint64_t c = 1;
+
+	for (uint32_t i = 0; i < in->rank; i++)
+		if (__builtin_mul_overflow(c, in->shape[i], &c))
+			return -EIO;
+	*count = c;
+	return 0;
+}
+
+int decode_read_gidx(const struct decode_io *io, uint64_t first, uint64_t count, uint64_t ngroups, uint32_t *gl)
+{
+	const struct decode_input *in = &io->in[ST_QIN_GIDX];
+	unsigned w = in->dtype == ST_I32 ? 4 : in->dtype == ST_I64 ? 8 : 0;
+	unsigned char buf[4096];
+
+	if (!w || !decode_fits(first + count, 1, w, in->nbytes))
+		return -EIO;
+	for (uint64_t done = 0; done < count;) {
+		size_t n = count - done < sizeof buf / w ? count - done : sizeof buf / w;
+		int rc = io->read(io->ctx, ST_QIN_GIDX, buf, n * w, (first + done) * w);
+		if (rc < 0)
+			return rc;
+		for (size_t i = 0; i < n; i++) {
+			int64_t v;
+			int32_t v32;
+			if (w == 4)
+				memcpy(&v32, buf + 4 * i, 4), v = v32;
+			else
+				memcpy(&v, buf + 8 * i, 8);
+			if (v < 0 || (uint64_t)v >= ngroups)
+				return -EIO;
+			gl[done + i] = (uint32_t)v;
+		}
+		done += n;
+	}
+	return 0;
+}
+
+int decode_by_pieces(decode_piece_fn *fn, void *ctx, uint64_t piece, uint64_t r0, uint64_t r1, uint64_t c0,
+		     uint64_t c1, float *out)
+{
+	uint64_t w = c1 - c0;
+	int rc = 0;
+
+	if (w <= piece) { /* whole box rows, piece / w at a time */
+		uint64_t rows = piece / w;
+		for (uint64_t ra = r0; ra < r1 && rc == 0; ra += rows)
+			rc = fn(ctx, ra, r1 - ra < rows ? r1 : ra + rows, c0, c1, out + (ra - r0) * w, w);
+		return rc;
+	}
+	for (uint64_t r = r0; r < r1; r++) /* rows wider than a piece: `piece` columns at a time */
+		for (uint64_t ca = c0; ca < c1 && rc == 0; ca += piece)
+			rc = fn(ctx, r, r + 1, ca, c1 - ca < piece ? c1 : ca + piece, out + (r - r0) * w + (ca - c0), w);
+	return rc;
+}
+
+int decode_read_byte_box(const struct decode_io *io, enum st_qrole role, uint64_t stride, uint64_t ra,
+			 uint64_t rb, uint64_t b0, uint64_t b1, uint8_t *dst)
+{
+	size_t n = (size_t)(b1 - b0);
+
+	if (b0 == 0 && b1 == stride)
+		return io->read(io->ctx, role, dst, (size_t)(rb - ra) * n, ra * stride);
+	for (uint64_t r = ra; r < rb; r++) {
+		int rc = io->read(io->ctx, role, dst + (r - ra) * n, n, r * stride + b0);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
 }

@@ -42,16 +42,6 @@ struct bnb {
 	float *am, *nam;
 };
 
-static int elem_count(const struct decode_input *in, uint64_t *count)
-{
-	uint64_t c = 1;
-
-	for (uint32_t i = 0; i < in->rank; i++)
-		if (__builtin_mul_overflow(c, in->shape[i], &c))
-			return -EIO;
-	*count = c;
-	return 0;
-}
 
 /* The absmax of blocks [b0, b1) into d->am: read, or rebuilt from the nested codes. */
 static int bnb_absmax(struct bnb *d, uint64_t b0, uint64_t b1)
@@ -131,7 +121,7 @@ static bool input_is(const struct decode_io *io, enum st_qrole role, enum st_dty
 	const struct decode_input *in = &io->in[role];
 	uint64_t n;
 
-	return in->dtype == dt && !elem_count(in, &n) && n == want && in->nbytes / (st_dtype_bits(dt) / 8) >= want;
+	return in->dtype == dt && !decode_elements(in, &n) && n == want && in->nbytes / (st_dtype_bits(dt) / 8) >= want;
 }
 
 /* The 4-bit layer's inputs against its parameters, and its code tables. */

@@ -30,13 +30,6 @@
 /* Per-row scale and zero tables of one piece of rows. */
 #define TABLE_BYTES (8u << 20)
 
-static bool fits(uint64_t rows, uint64_t cols, uint64_t width, uint64_t nbytes)
-{
-	uint64_t n;
-
-	return !__builtin_mul_overflow(rows, cols, &n) && !__builtin_mul_overflow(n, width, &n) &&
-	       n <= nbytes;
-}
 
 static uint64_t elements(const struct decode_input *in)
 {
@@ -48,16 +41,6 @@ static uint64_t elements(const struct decode_input *in)
 	return n;
 }
 
-/* b bits at bit `bit` of a little-endian stream of 32-bit words (may spill into the next word). */
-static inline uint32_t bits_at(const uint32_t *w, uint64_t bit, unsigned b)
-{
-	uint64_t v = w[bit >> 5];
-	unsigned sh = (unsigned)(bit & 31);
-
-	if (sh + b > 32)
-		v |= (uint64_t)w[(bit >> 5) + 1] << 32;
-	return (uint32_t)(v >> sh) & ((1u << b) - 1);
-}
 
 enum scale_mode { PER_ROW, PER_TENSOR, PER_EXPERT };
 
@@ -78,37 +61,6 @@ struct ct {
 	uint32_t *words;           /* packed weight rows */
 };
 
-/* g_idx entries [first, first+count) (I32 or I64) into gl; one outside [0, ngroups) would
- * index past the scales: -EIO. */
-static int read_gidx(const struct decode_io *io, uint64_t first, uint64_t count, uint64_t ngroups,
-		     uint32_t *gl)
-{
-	const struct decode_input *in = &io->in[ST_QIN_GIDX];
-	unsigned w = in->dtype == ST_I32 ? 4 : in->dtype == ST_I64 ? 8 : 0;
-	unsigned char buf[4096];
-
-	if (!w || !fits(first + count, 1, w, in->nbytes))
-		return -EIO;
-	for (uint64_t done = 0; done < count;) {
-		size_t n = count - done < sizeof buf / w ? count - done : sizeof buf / w;
-		int rc = io->read(io->ctx, ST_QIN_GIDX, buf, n * w, (first + done) * w);
-		if (rc < 0)
-			return rc;
-		for (size_t i = 0; i < n; i++) {
-			int64_t v;
-			int32_t v32;
-			if (w == 4)
-				memcpy(&v32, buf + 4 * i, 4), v = v32;
-			else
-				memcpy(&v, buf + 8 * i, 8);
-			if (v < 0 || (uint64_t)v >= ngroups)
-				return -EIO;
-			gl[done + i] = (uint32_t)v;
-		}
-		done += n;
-	}
-	return 0;
-}
 
 /*
  * The group of each box column [c0, c1) for expert e, relative to the lowest used
@@ -128,7 +80,7 @@ static int box_groups(struct ct *s, uint64_t e, uint64_t c0, uint64_t c1)
 	if (s->q->in[ST_QIN_GIDX].present) {
 		/* [K], or [E, K]: one per expert. */
 		uint64_t first = io->in[ST_QIN_GIDX].rank == 2 ? e * s->K + c0 : c0;
-		int rc = read_gidx(io, first, nc, s->ng, gl);
+		int rc = decode_read_gidx(io, first, nc, s->ng, gl);
 		if (rc < 0)
 			return rc;
 	} else {
@@ -231,7 +183,7 @@ static void decode_row(const struct ct *s, const uint32_t *w, uint64_t wlo, uint
 	if (s->stream) {
 		uint64_t bit = c0 * b - wlo * 32;
 		for (uint64_t i = 0; i < c1 - c0; i++, bit += b)
-			o[i] = (float)((int32_t)bits_at(w, bit, b) - zt[gl[i]]) * st[gl[i]];
+			o[i] = (float)((int32_t)decode_bits_at(w, bit, b) - zt[gl[i]]) * st[gl[i]];
 		return;
 	}
 	/* Per-word: walk word and slot together (no division per value). */
@@ -300,13 +252,13 @@ static int check_zero(struct ct *s)
 	if (z->dtype != ST_I32 && z->dtype != ST_U32)
 		return -EIO;
 	if (s->mode != PER_ROW)
-		return n == (s->mode == PER_EXPERT ? s->E : 1) && fits(n, 1, 4, z->nbytes) ? 0 : -EIO;
+		return n == (s->mode == PER_EXPERT ? s->E : 1) && decode_fits(n, 1, 4, z->nbytes) ? 0 : -EIO;
 	if (z->rank != s->q->rank || (z->rank == 3 && z->shape[0] != s->E))
 		return -EIO;
 	s->zr = z->shape[z->rank - 2], s->zng = z->shape[z->rank - 1];
 	if (s->zng != s->ng || s->zr > UINT64_MAX / 32 ||
 	    (s->stream ? s->zr * 32 < s->N * s->b : s->zr * s->pf < s->N) ||
-	    !fits(s->E * s->zr, s->zng, 4, z->nbytes))
+	    !decode_fits(s->E * s->zr, s->zng, 4, z->nbytes))
 		return -EIO;
 	return 0;
 }
@@ -327,7 +279,7 @@ static int check_inputs(struct ct *s)
 	s->pf = 32 / s->b;
 	s->W = v->shape[v->rank - 1];
 	if (s->W > UINT64_MAX / 32 || (s->stream ? s->W * 32 < s->K * s->b : s->W * s->pf < s->K) ||
-	    !fits(s->E * s->N, s->W, 4, v->nbytes))
+	    !decode_fits(s->E * s->N, s->W, 4, v->nbytes))
 		return -EIO;
 	int rc = check_scale(s);
 	return rc < 0 ? rc : check_zero(s);

@@ -45,24 +45,6 @@ struct fp4 {
 	uint8_t *vals, *sc;
 };
 
-/* Bytes [b0, b1) of rows [ra, rb) of a row-major byte matrix of `stride` bytes a row,
- * packed: one read when the rows are whole, else one a row.  The caller checked that
- * the matrix fits the input. */
-static int read_byte_box(const struct decode_io *io, enum st_qrole role, uint64_t stride, uint64_t ra,
-			 uint64_t rb, uint64_t b0, uint64_t b1, uint8_t *dst)
-{
-	size_t n = (size_t)(b1 - b0);
-
-	if (b0 == 0 && b1 == stride)
-		return io->read(io->ctx, role, dst, (size_t)(rb - ra) * n, ra * stride);
-	for (uint64_t r = ra; r < rb; r++) {
-		int rc = io->read(io->ctx, role, dst + (r - ra) * n, n, r * stride + b0);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
-
 /* Columns [ca, end) of one row into o[0, end - ca), all under scale code sc; v holds the
  * row's bytes from column vb (even) on. */
 static void fp4_run(const struct fp4 *d, const uint8_t *v, uint64_t vb, uint8_t sc, uint64_t ca,
@@ -88,10 +70,10 @@ static int fp4_piece(struct fp4 *d, uint64_t ra, uint64_t rb, uint64_t ca, uint6
 {
 	uint64_t vb0 = d->vbits == 8 ? ca : ca / 2, vb1 = d->vbits == 8 ? cb : (cb - 1) / 2 + 1;
 	uint64_t vstride = d->vbits == 8 ? d->K : d->K / 2, g0 = ca / d->g, g1 = (cb - 1) / d->g + 1;
-	int rc = read_byte_box(d->io, ST_QIN_VALUES, vstride, ra, rb, vb0, vb1, d->vals);
+	int rc = decode_read_byte_box(d->io, ST_QIN_VALUES, vstride, ra, rb, vb0, vb1, d->vals);
 
 	if (rc == 0)
-		rc = read_byte_box(d->io, ST_QIN_SCALE, d->ncols, ra, rb, g0, g1, d->sc);
+		rc = decode_read_byte_box(d->io, ST_QIN_SCALE, d->ncols, ra, rb, g0, g1, d->sc);
 	if (rc < 0)
 		return rc;
 	for (uint64_t r = ra; r < rb; r++) {
@@ -107,21 +89,10 @@ static int fp4_piece(struct fp4 *d, uint64_t ra, uint64_t rb, uint64_t ca, uint6
 	return 0;
 }
 
-static int fp4_all(struct fp4 *d, uint64_t r0, uint64_t r1, uint64_t c0, uint64_t c1, float *out)
+/* decode_by_pieces calls it back with the decoder's state. */
+static int fp4_piece_of(void *ctx, uint64_t ra, uint64_t rb, uint64_t ca, uint64_t cb, float *out, uint64_t stride)
 {
-	uint64_t w = c1 - c0;
-	int rc = 0;
-
-	if (w <= PIECE) { /* whole box rows, PIECE / w at a time */
-		uint64_t rows = PIECE / w;
-		for (uint64_t ra = r0; ra < r1 && rc == 0; ra += rows)
-			rc = fp4_piece(d, ra, r1 - ra < rows ? r1 : ra + rows, c0, c1, out + (ra - r0) * w, w);
-		return rc;
-	}
-	for (uint64_t r = r0; r < r1; r++) /* rows wider than a piece: PIECE columns at a time */
-		for (uint64_t ca = c0; ca < c1 && rc == 0; ca += PIECE)
-			rc = fp4_piece(d, r, r + 1, ca, c1 - ca < PIECE ? c1 : ca + PIECE, out + (r - r0) * w + (ca - c0), w);
-	return rc;
+	return fp4_piece(ctx, ra, rb, ca, cb, out, stride);
 }
 
 /* Whether an input's shape is the layer's leading dimensions followed by `tail`. */
@@ -187,7 +158,7 @@ int decode_fp4(const struct st_qlayer *q, const struct decode_io *io, uint64_t r
 		rows = r1 - r0;
 	d.vals = malloc((size_t)(rows * (wmax + 2)));
 	d.sc = malloc((size_t)(rows * ((wmax - 1) / d.g + 2)));
-	int rc = !d.vals || !d.sc ? -ENOMEM : fp4_all(&d, r0, r1, c0, c1, out);
+	int rc = !d.vals || !d.sc ? -ENOMEM : decode_by_pieces(fp4_piece_of, &d, PIECE, r0, r1, c0, c1, out);
 	free(d.vals);
 	free(d.sc);
 	return rc;

@@ -35,16 +35,6 @@ static inline uint64_t smap_row(const struct smap *m, uint64_t r)
 	return (r / m->n) * m->nbr + (r % m->n) / m->br;
 }
 
-static int elem_count(const struct decode_input *in, uint64_t *count)
-{
-	uint64_t c = 1;
-
-	for (uint32_t i = 0; i < in->rank; i++)
-		if (__builtin_mul_overflow(c, in->shape[i], &c))
-			return -EIO;
-	*count = c;
-	return 0;
-}
 
 /* Which of the shapes the scale (or zero point) has, from its element count: a block
  * layout where the layer has blocks and the count fits, else one value, one per expert
@@ -54,7 +44,7 @@ static int smap_of(const struct st_qlayer *q, const struct decode_input *in, str
 	uint64_t E = q->rank == 3 ? q->shape[0] : 1, N = q->shape[q->rank - 2], K = q->shape[q->rank - 1];
 	uint64_t count, en;
 
-	if (elem_count(in, &count) || __builtin_mul_overflow(E, N, &en))
+	if (decode_elements(in, &count) || __builtin_mul_overflow(E, N, &en))
 		return -EIO;
 	*m = (struct smap){N, N, 0, K, 1};
 	if (q->block_rows && q->group) {
@@ -97,24 +87,6 @@ static int read_smap_box(const struct decode_io *io, enum st_qrole role, const s
 	return 0;
 }
 
-/* Bytes [b0, b1) of rows [ra, rb) of a row-major byte matrix of `stride` bytes a row,
- * packed: one read when the rows are whole, else one a row.  The caller checked that
- * the matrix fits the input. */
-static int read_byte_box(const struct decode_io *io, enum st_qrole role, uint64_t stride, uint64_t ra,
-			 uint64_t rb, uint64_t b0, uint64_t b1, uint8_t *dst)
-{
-	size_t n = (size_t)(b1 - b0);
-
-	if (b0 == 0 && b1 == stride)
-		return io->read(io->ctx, role, dst, (size_t)(rb - ra) * n, ra * stride);
-	for (uint64_t r = ra; r < rb; r++) {
-		int rc = io->read(io->ctx, role, dst + (r - ra) * n, n, r * stride + b0);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
-
 struct fp8 {
 	const struct decode_io *io;
 	uint64_t K;
@@ -151,7 +123,7 @@ static int fp8_piece(struct fp8 *d, uint64_t ra, uint64_t rb, uint64_t ca, uint6
 {
 	const struct decode_io *io = d->io;
 	uint64_t w = cb - ca, sn, zn = 0;
-	int rc = read_byte_box(io, ST_QIN_VALUES, d->K, ra, rb, ca, cb, d->vals);
+	int rc = decode_read_byte_box(io, ST_QIN_VALUES, d->K, ra, rb, ca, cb, d->vals);
 
 	if (rc == 0)
 		rc = read_smap_box(io, ST_QIN_SCALE, &d->sm, ra, rb, ca, cb, d->sc, &sn);
@@ -175,21 +147,10 @@ static size_t smap_scratch(const struct smap *m, uint64_t rows, uint64_t w)
 	return (size_t)(rows * (cols < m->ncols ? cols : m->ncols));
 }
 
-static int fp8_run(struct fp8 *d, uint64_t r0, uint64_t r1, uint64_t c0, uint64_t c1, float *out)
+/* decode_by_pieces calls it back with the decoder's state. */
+static int fp8_piece_of(void *ctx, uint64_t ra, uint64_t rb, uint64_t ca, uint64_t cb, float *out, uint64_t stride)
 {
-	uint64_t w = c1 - c0;
-	int rc = 0;
-
-	if (w <= PIECE) { /* whole box rows, PIECE / w at a time */
-		uint64_t rows = PIECE / w;
-		for (uint64_t ra = r0; ra < r1 && rc == 0; ra += rows)
-			rc = fp8_piece(d, ra, r1 - ra < rows ? r1 : ra + rows, c0, c1, out + (ra - r0) * w, w);
-		return rc;
-	}
-	for (uint64_t r = r0; r < r1; r++) /* rows wider than a piece: PIECE columns at a time */
-		for (uint64_t ca = c0; ca < c1 && rc == 0; ca += PIECE)
-			rc = fp8_piece(d, r, r + 1, ca, c1 - ca < PIECE ? c1 : ca + PIECE, out + (r - r0) * w + (ca - c0), w);
-	return rc;
+	return fp8_piece(ctx, ra, rb, ca, cb, out, stride);
 }
 
 int decode_fp8(const struct st_qlayer *q, const struct decode_io *io, uint64_t r0, uint64_t r1, uint64_t c0,
@@ -202,7 +163,7 @@ int decode_fp8(const struct st_qlayer *q, const struct decode_io *io, uint64_t r
 
 	if ((q->rank != 2 && q->rank != 3) || !q->in[ST_QIN_SCALE].present ||
 	    (q->rank == 3 && __builtin_mul_overflow(R, q->shape[1], &R)) ||
-	    (vin->dtype != ST_F8_E4M3 && vin->dtype != ST_I8) || elem_count(vin, &vn) ||
+	    (vin->dtype != ST_F8_E4M3 && vin->dtype != ST_I8) || decode_elements(vin, &vn) ||
 	    __builtin_mul_overflow(R, d.K, &n) || vn != n || vin->nbytes < n ||
 	    smap_of(q, &io->in[ST_QIN_SCALE], &d.sm))
 		return -EIO;
@@ -222,7 +183,7 @@ int decode_fp8(const struct st_qlayer *q, const struct decode_io *io, uint64_t r
 	d.vals = malloc((size_t)(rows * wmax));
 	d.sc = malloc(smap_scratch(&d.sm, rows, wmax) * sizeof(float));
 	d.zp = d.zero ? malloc(smap_scratch(&d.zm, rows, wmax) * sizeof(float)) : NULL;
-	int rc = !d.vals || !d.sc || (d.zero && !d.zp) ? -ENOMEM : fp8_run(&d, r0, r1, c0, c1, out);
+	int rc = !d.vals || !d.sc || (d.zero && !d.zp) ? -ENOMEM : decode_by_pieces(fp8_piece_of, &d, PIECE, r0, r1, c0, c1, out);
 	free(d.vals);
 	free(d.sc);
 	free(d.zp);

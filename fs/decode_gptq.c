@@ -41,57 +41,8 @@ static unsigned pack_bits(enum st_dtype d)
 	}
 }
 
-/* b bits at bit `bit` of a little-endian stream of 32-bit words (may spill into the next word). */
-static inline uint32_t bits_at(const uint32_t *w, uint64_t bit, unsigned b)
-{
-	uint64_t v = w[bit >> 5];
-	unsigned sh = (unsigned)(bit & 31);
 
-	if (sh + b > 32)
-		v |= (uint64_t)w[(bit >> 5) + 1] << 32;
-	return (uint32_t)(v >> sh) & ((1u << b) - 1);
-}
 
-/* Whether rows x cols elements of `width` bytes fit in an input of `nbytes`. */
-static bool fits(uint64_t rows, uint64_t cols, uint64_t width, uint64_t nbytes)
-{
-	uint64_t n;
-
-	return !__builtin_mul_overflow(rows, cols, &n) && !__builtin_mul_overflow(n, width, &n) &&
-	       n <= nbytes;
-}
-
-/* g_idx entries [first, first+count) (I32 or I64) into gl; one outside [0, ngroups) would
- * index past the scales: -EIO. */
-static int read_gidx(const struct decode_io *io, uint64_t first, uint64_t count, uint64_t ngroups,
-		     uint32_t *gl)
-{
-	const struct decode_input *in = &io->in[ST_QIN_GIDX];
-	unsigned w = in->dtype == ST_I32 ? 4 : in->dtype == ST_I64 ? 8 : 0;
-	unsigned char buf[4096];
-
-	if (!w || !fits(first + count, 1, w, in->nbytes))
-		return -EIO;
-	for (uint64_t done = 0; done < count;) {
-		size_t n = count - done < sizeof buf / w ? count - done : sizeof buf / w;
-		int rc = io->read(io->ctx, ST_QIN_GIDX, buf, n * w, (first + done) * w);
-		if (rc < 0)
-			return rc;
-		for (size_t i = 0; i < n; i++) {
-			int64_t v;
-			int32_t v32;
-			if (w == 4)
-				memcpy(&v32, buf + 4 * i, 4), v = v32;
-			else
-				memcpy(&v, buf + 8 * i, 8);
-			if (v < 0 || (uint64_t)v >= ngroups)
-				return -EIO;
-			gl[done + i] = (uint32_t)v;
-		}
-		done += n;
-	}
-	return 0;
-}
 
 /*
  * The group of each box column [c0, c1), relative to the lowest used (*gmin; *ngr groups
@@ -103,7 +54,7 @@ static int box_groups(const struct decode_io *io, bool has_gidx, uint64_t G, uin
 	uint64_t nc = c1 - c0, lo = UINT64_MAX, hi = 0;
 
 	if (has_gidx) {
-		int rc = read_gidx(io, c0, nc, ngroups, gl);
+		int rc = decode_read_gidx(io, c0, nc, ngroups, gl);
 		if (rc < 0)
 			return rc;
 	} else {
@@ -168,7 +119,7 @@ static int fill_tables(struct gptq *s, uint64_t n0, uint64_t np)
 		if (rc < 0)
 			return rc;
 		for (uint64_t i = 0; i < np; i++) {
-			uint32_t z = bits_at(s->zrow, b * (n0 + i) - 8 * byte0, b);
+			uint32_t z = decode_bits_at(s->zrow, b * (n0 + i) - 8 * byte0, b);
 			s->ztab[i * s->ngr + j] = (int32_t)(v1 ? (z + 1) & mask : z);
 		}
 	}
@@ -213,7 +164,7 @@ static void decode_column(unsigned b, const uint32_t *col, uint64_t bit, uint64_
 				o[k] = sc * (float)((int32_t)((col[bit >> 5] >> (bit & 31)) & mask) - z);
 		else
 			for (; k < end; k++, bit += b)
-				o[k] = sc * (float)((int32_t)bits_at(col, bit, b) - z);
+				o[k] = sc * (float)((int32_t)decode_bits_at(col, bit, b) - z);
 	}
 }
 
@@ -283,7 +234,7 @@ static int check_inputs(struct gptq *s)
 	    qw->shape[1] != s->N || sc->rank != 2 || sc->shape[1] != s->N || sc->shape[0] == 0)
 		return -EIO;
 	s->J = qw->shape[0];
-	if (s->J > UINT64_MAX / s->pb || s->J * s->pb < s->K * s->b || !fits(s->J, s->N, s->wb, qw->nbytes))
+	if (s->J > UINT64_MAX / s->pb || s->J * s->pb < s->K * s->b || !decode_fits(s->J, s->N, s->wb, qw->nbytes))
 		return -EIO;
 	if (q->in[ST_QIN_ZERO].present) {
 		s->zpb = pack_bits(qz->dtype), s->zwb = s->zpb / 8;
@@ -291,7 +242,7 @@ static int check_inputs(struct gptq *s)
 			return -EIO;
 		s->zcols = qz->shape[1];
 		if (s->zcols > UINT64_MAX / s->zpb || s->zcols * s->zpb < s->N * s->b ||
-		    !fits(sc->shape[0], s->zcols, s->zwb, qz->nbytes))
+		    !decode_fits(sc->shape[0], s->zcols, s->zwb, qz->nbytes))
 			return -EIO;
 	}
 	return 0;
