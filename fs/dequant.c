@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +15,31 @@
 /* Decoded values a read holds at once: bounds the scratch of each read. */
 #define SCRATCH_ELEMS (1u << 18)
 
+/*
+ * A view that cuts columns (w[:, a:b], a rank's column block) reads one short run per row.
+ * Decoding each run by itself would read the packed words of every row apart (a pread of a
+ * few bytes each for GPTQ, whose rows are its columns) and the group tables again each
+ * time, so a run within one row decodes the box of the rows below it at those columns, and
+ * the runs that follow are copied out of it.  A few boxes are kept, for threads that read
+ * different slices at once.
+ */
+#define BOXES 4
+#define SPARES 8
+
+struct box {
+	float *vals;              /* rows [r0, r1) x columns [c0, c1), row-major; NULL: empty */
+	size_t layer;
+	uint64_t r0, r1, c0, c1;
+	uint64_t used;            /* when it was last read, for replacing the oldest */
+};
+
 struct dense_store {
 	struct store s;
+	pthread_mutex_t lock;     /* the boxes */
+	struct box boxes[BOXES];
+	uint64_t clock;
+	float *spare[SPARES];     /* scratch buffers of finished reads */
+	size_t n_spare;
 	const struct source *src;
 	size_t first;             /* the component's first shard: layer inputs count from it */
 	struct st_quant q;
@@ -61,11 +85,61 @@ static void make_io(const struct dense_store *d, const struct st_qlayer *l, stru
 	}
 }
 
-/* Elements [e, e + n) of layer l, n <= SCRATCH_ELEMS, into out: a partial first row, whole
- * rows, a partial last row, each one box. */
-static int decode_elems(const struct dense_store *d, const struct st_qlayer *l, uint64_t e, uint64_t n,
-			float *out)
+/* Row r, columns [c0, c1) of layer i from a kept box: true when one holds it. */
+static bool from_box(struct dense_store *d, size_t i, uint64_t r, uint64_t c0, uint64_t c1, float *out)
 {
+	bool hit = false;
+
+	pthread_mutex_lock(&d->lock);
+	for (int b = 0; b < BOXES && !hit; b++) {
+		struct box *x = &d->boxes[b];
+		if (x->vals && x->layer == i && x->r0 <= r && r < x->r1 && x->c0 <= c0 && c1 <= x->c1) {
+			memcpy(out, x->vals + (r - x->r0) * (x->c1 - x->c0) + (c0 - x->c0), (c1 - c0) * sizeof *out);
+			x->used = ++d->clock;
+			hit = true;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	return hit;
+}
+
+/* Decodes the box below row r at columns [c0, c1) (as many rows as SCRATCH_ELEMS values
+ * hold), keeps it in place of the oldest, and copies row r out.  Decoded outside the lock. */
+static int via_box(struct dense_store *d, size_t i, const struct decode_io *io, uint64_t r, uint64_t c0,
+		   uint64_t c1, float *out)
+{
+	const struct st_qlayer *l = &d->q.layers[i];
+	uint64_t rows = d->count[i] / l->shape[l->rank - 1], w = c1 - c0;
+	uint64_t n = w < SCRATCH_ELEMS ? SCRATCH_ELEMS / w : 1;
+	uint64_t r1 = rows - r < n ? rows : r + n;
+	struct box x = {.layer = i, .r0 = r, .r1 = r1, .c0 = c0, .c1 = c1};
+	int rc;
+
+	if (!(x.vals = malloc((r1 - r) * w * sizeof *x.vals)))
+		return -ENOMEM;
+	if ((rc = decode_for(l->format)(l, io, r, r1, c0, c1, x.vals)) < 0) {
+		free(x.vals);
+		return rc;
+	}
+	memcpy(out, x.vals, w * sizeof *out);
+	pthread_mutex_lock(&d->lock);
+	struct box *old = &d->boxes[0];
+	for (int b = 1; b < BOXES; b++)
+		if (d->boxes[b].used < old->used)
+			old = &d->boxes[b];
+	float *gone = old->vals;
+	x.used = ++d->clock;
+	*old = x;
+	pthread_mutex_unlock(&d->lock);
+	free(gone);
+	return 0;
+}
+
+/* Elements [e, e + n) of layer i, n <= SCRATCH_ELEMS, into out: a partial first row, whole
+ * rows, a partial last row, each one box; a run inside one row through the kept boxes. */
+static int decode_elems(struct dense_store *d, size_t i, uint64_t e, uint64_t n, float *out)
+{
+	const struct st_qlayer *l = &d->q.layers[i];
 	uint64_t k = l->shape[l->rank - 1];
 	decode_fn *fn = decode_for(l->format);
 	struct input_ctx c;
@@ -79,7 +153,8 @@ static int decode_elems(const struct dense_store *d, const struct st_qlayer *l, 
 		uint64_t r = e / k, col = e % k, take;
 		if (col || n < k) {
 			take = k - col < n ? k - col : n;
-			rc = fn(l, &io, r, r + 1, col, col + take, out);
+			if (!from_box(d, i, r, col, col + take, out))
+				rc = via_box(d, i, &io, r, col, col + take, out);
 		} else {
 			uint64_t rows = n / k;
 			take = rows * k;
@@ -110,10 +185,9 @@ static long layer_at(const struct dense_store *d, const uint64_t *starts, uint64
 }
 
 /* Bytes [off, off + len) of layer i's image of dtype `dt` (F32 or the mount's). */
-static int read_layer(const struct dense_store *d, size_t i, enum st_dtype dt, uint64_t off, uint8_t *buf,
+static int read_layer(struct dense_store *d, size_t i, enum st_dtype dt, uint64_t off, uint8_t *buf,
 		      size_t len, float *scratch)
 {
-	const struct st_qlayer *l = &d->q.layers[i];
 	unsigned w = convert_out_size(dt);
 
 	while (len > 0) {
@@ -122,14 +196,18 @@ static int read_layer(const struct dense_store *d, size_t i, enum st_dtype dt, u
 		n = n < SCRATCH_ELEMS ? n : SCRATCH_ELEMS;
 		if (e + n > d->count[i])
 			return -EIO;
-		int rc = decode_elems(d, l, e, n, scratch);
+		int rc = decode_elems(d, i, e, n, scratch);
 		if (rc < 0)
 			return rc;
-		uint8_t *bytes = (uint8_t *)scratch;
-		if (dt != ST_F32) /* narrowed into the scratch's second half */
-			convert(ST_F32, dt, scratch, 0, bytes = (uint8_t *)(scratch + SCRATCH_ELEMS), (size_t)n);
 		size_t got = (size_t)(n * w - skip) < len ? (size_t)(n * w - skip) : len;
-		memcpy(buf, bytes + skip, got);
+		if (dt != ST_F32 && !skip && got == n * w) { /* whole elements: narrowed into place */
+			convert(ST_F32, dt, scratch, 0, buf, (size_t)n);
+		} else {
+			uint8_t *bytes = (uint8_t *)scratch;
+			if (dt != ST_F32) /* narrowed into the scratch's second half */
+				convert(ST_F32, dt, scratch, 0, bytes = (uint8_t *)(scratch + SCRATCH_ELEMS), (size_t)n);
+			memcpy(buf, bytes + skip, got);
+		}
 		buf += got;
 		len -= got;
 		off += got;
@@ -137,16 +215,38 @@ static int read_layer(const struct dense_store *d, size_t i, enum st_dtype dt, u
 	return 0;
 }
 
+/* Scratch buffers are kept for the next read: a fresh one of this size would be mapped and
+ * faulted in page by page on every read. */
+static float *take_scratch(struct dense_store *d)
+{
+	float *s = NULL;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->n_spare)
+		s = d->spare[--d->n_spare];
+	pthread_mutex_unlock(&d->lock);
+	return s ? s : malloc(2 * SCRATCH_ELEMS * sizeof(float));
+}
+
+static void give_scratch(struct dense_store *d, float *s)
+{
+	pthread_mutex_lock(&d->lock);
+	if (d->n_spare < SPARES)
+		d->spare[d->n_spare++] = s, s = NULL;
+	pthread_mutex_unlock(&d->lock);
+	free(s);
+}
+
 static int dense_read(struct store *s, void *buf, size_t len, uint64_t off)
 {
-	const struct dense_store *d = (const struct dense_store *)s;
+	struct dense_store *d = (struct dense_store *)s;
 	float *scratch;
 	uint8_t *out = buf;
 	int rc = 0;
 
 	if (off > s->size || len > s->size - off)
 		return -EIO;
-	if (!(scratch = malloc(2 * SCRATCH_ELEMS * sizeof(float))))
+	if (!(scratch = take_scratch(d)))
 		return -ENOMEM;
 	while (len > 0 && !rc) {
 		bool f32 = off >= d->f32_base;
@@ -164,7 +264,7 @@ static int dense_read(struct store *s, void *buf, size_t len, uint64_t off)
 		len -= n;
 		off += n;
 	}
-	free(scratch);
+	give_scratch(d, scratch);
 	return rc;
 }
 
@@ -184,6 +284,11 @@ static void dense_close(struct store *s)
 	struct dense_store *d = (struct dense_store *)s;
 
 	st_quant_free(&d->q);
+	for (int b = 0; b < BOXES; b++)
+		free(d->boxes[b].vals);
+	for (size_t b = 0; b < d->n_spare; b++)
+		free(d->spare[b]);
+	pthread_mutex_destroy(&d->lock);
 	free(d->start);
 	free(d->f32);
 	free(d->count);
@@ -356,6 +461,7 @@ static int attach_component(struct source *src, size_t c, const struct dequant_o
 	*d = (struct dense_store){.s = {.ops = &dense_ops, .fd = -1, .mtime = src->shards[k->first].store->mtime},
 				  .src = src, .first = k->first, .dtype = (enum st_dtype)o->dtype};
 	struct st_quant_hints hints = o->hints;
+	pthread_mutex_init(&d->lock, NULL);
 	hints.read = read_small;
 	hints.ctx = d;
 	rc = st_quant_find(hdrs, k->count, config, clen, cname, &hints, &d->q, err);
