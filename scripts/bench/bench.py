@@ -346,8 +346,9 @@ def main():
     sys.modules.setdefault("bench", sys.modules[__name__])
     import cases_extra
     import cases_remote
+    import cases_quant
     cases = {"sequential": case_sequential_warm, "mount": case_mount_time, "views": case_views,
-             **cases_extra.CASES, **cases_remote.CASES}
+             **cases_extra.CASES, **cases_remote.CASES, **cases_quant.CASES}
     p = argparse.ArgumentParser()
     p.add_argument("--bin", required=True)
     p.add_argument("--pairs", type=int, default=None, help="alternating pairs per case (default 5; 2 with --quick)")
