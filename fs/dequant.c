@@ -309,6 +309,13 @@ const struct st_qlayer *dequant_layer(const struct shard *sh, uint32_t index, ui
 	return &d->q.layers[index];
 }
 
+size_t dequant_values_shard(const struct shard *sh, uint32_t index)
+{
+	const struct dense_store *d = (const struct dense_store *)sh->store;
+
+	return d->first + d->q.layers[index].in[ST_QIN_VALUES].shard;
+}
+
 /* ---- Attaching ---- */
 
 /* Where the quantization config may be, in this order, and how long it may be. */

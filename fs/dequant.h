@@ -39,4 +39,7 @@ static inline bool dequant_is_dense(const struct source *src, size_t s)
  * shard's store. */
 const struct st_qlayer *dequant_layer(const struct shard *sh, uint32_t index, uint64_t *f32_start);
 
+/* The shard of the source that holds the packed values of tensor `index` of dense shard `sh`. */
+size_t dequant_values_shard(const struct shard *sh, uint32_t index);
+
 #endif

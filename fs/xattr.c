@@ -104,6 +104,9 @@ static void tensor_value(const struct fs *fs, const struct node *n, const char *
 	} else if (strcmp(attr, "offset") == 0) {
 		add_u64(b, tensor_file_offset(fs, n));
 	} else if (strcmp(attr, "file") == 0) {
+		/* A dense tensor is in the file its packed values are in. */
+		if (dequant_is_dense(&fs->src, n->tensor.shard))
+			sh = &fs->src.shards[dequant_values_shard(sh, n->tensor.index)];
 		add(b, sh->label, strlen(sh->label));
 	} else if (strcmp(attr, "quantization") == 0) {
 		uint64_t f32;
@@ -233,7 +236,9 @@ static int view_value(const struct fs *fs, const struct view_node *v, const char
 	} else if (strcmp(attr, "view_of") == 0) {
 		add(b, st_tensor_name(&sh->hdr, t), t->name_len);
 	} else if (strcmp(attr, "file") == 0) {
-		add(b, sh->label, strlen(sh->label));
+		const struct shard *in = dequant_is_dense(&fs->src, n->tensor.shard)
+			? &fs->src.shards[dequant_values_shard(sh, n->tensor.index)] : sh;
+		add(b, in->label, strlen(in->label));
 	} else if (strcmp(attr, "offset") == 0 && view_contiguous(&v->plan, &off) &&
 		   !dequant_is_dense(&fs->src, n->tensor.shard)) {
 		add_u64(b, v->src_start + off);

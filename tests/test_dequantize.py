@@ -156,3 +156,28 @@ def test_over_http_the_config_is_fetched_beside_the_weights(tmp_path, tmp_path_f
                 same_bits(read_f32(r.mnt, name, want.shape), want)
     finally:
         nginx.stop()
+
+
+def test_layers_whose_parts_are_in_different_shards(tmp_path, mount):
+    """A sharded GPTQ model (an index, two files) with each layer's qweight in the second shard
+    and its scales in the first: the layer is found across the shards, and its file is the
+    qweight's."""
+    import json
+    from safetensors.numpy import load_file, save_file
+    src = tmp_path / "one"
+    dense, plain = quantpack.write_model(src, "gptq", bits=4, group_size=64)
+    tensors = load_file(str(src / "model.safetensors"))
+    second = {k: v for k, v in tensors.items() if k.endswith((".qweight", ".g_idx"))}
+    first = {k: v for k, v in tensors.items() if k not in second}
+    d = tmp_path / "sharded"
+    d.mkdir()
+    save_file(first, str(d / "model-00001-of-00002.safetensors"))
+    save_file(second, str(d / "model-00002-of-00002.safetensors"))
+    wm = {k: "model-00001-of-00002.safetensors" for k in first} | {k: "model-00002-of-00002.safetensors" for k in second}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    (d / "config.json").write_text((src / "config.json").read_text())
+    m = mount(d, "-o", "dequantize=F32")
+    for name, (orig, want) in dense.items():
+        assert os.getxattr(path_of(m.mnt, name), "user.safetensors.file") == b"model-00002-of-00002.safetensors"
+        assert os.getxattr(path_of(m.mnt, name + "[0:2]"), "user.safetensors.file") == b"model-00002-of-00002.safetensors"
+        same_bits(read_f32(m.mnt, name, want.shape), want)
