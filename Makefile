@@ -109,11 +109,16 @@ bench:
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	$(shell pkg-config --cflags json-c)
-FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_tree build-fuzz/fuzz_folder build-fuzz/fuzz_remote
+FUZZ_TARGETS := build-fuzz/fuzz_parser build-fuzz/fuzz_quant build-fuzz/fuzz_tree build-fuzz/fuzz_folder build-fuzz/fuzz_remote
 
 build-fuzz/fuzz_parser: tests/fuzz/fuzz_parser.c $(wildcard parser/*.c parser/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -o $@
+
+# The quantized-layer finder and the decoders on what it finds: seeded from tests/fuzz/quant-seeds.
+build-fuzz/fuzz_quant: tests/fuzz/fuzz_quant.c fs/decode.c fs/convert.c $(wildcard fs/decode_*.c parser/*.c parser/*.h fs/decode*.h fs/convert.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(filter %.c,$^) $(shell pkg-config --libs json-c) -lm -o $@
 
 build-fuzz/fuzz_folder: tests/fuzz/fuzz_folder.c fs/folder.c parser/header.c parser/dtype.c parser/validate.c parser/json_walk.c $(wildcard fs/folder.h parser/*.h)
 	@mkdir -p $(dir $@)
@@ -133,6 +138,7 @@ fuzz: $(FUZZ_TARGETS)
 		mkdir -p $$t.corpus || exit 1; \
 		case $$t in *fuzz_remote) seeds=tests/fuzz/remote-seeds dict= ;; \
 			*fuzz_parser) seeds="tests/corpus tests/fuzz/quant-seeds" dict=-dict=tests/fuzz/safetensors.dict ;; \
+			*fuzz_quant) seeds=tests/fuzz/quant-seeds dict=-dict=tests/fuzz/safetensors.dict ;; \
 			*) seeds=tests/corpus dict=-dict=tests/fuzz/safetensors.dict ;; esac; \
 		$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \
 			-artifact_prefix=build-fuzz/ $$t.corpus $$seeds || exit 1; \
