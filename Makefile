@@ -103,9 +103,9 @@ bench:
 	PYTHON=$(VENV)-bench/bin/python scripts/bench/run.sh $(BUILD)/safetensorsfs
 
 # libFuzzer targets (clang): the parser, and the tree/escaping code fed from it.
-# New inputs land in build-fuzz/corpus-*; tests/corpus seeds them (tests/fuzz/quant-seeds adds
-# quantized layers for fuzz_parser, which also runs the quantized-layer finder), and
-# tests/fuzz/remote-seeds seeds fuzz_remote (S3 listings, Hub trees and URLs rather than safetensors files).
+# New inputs land in build-fuzz/corpus-*; tests/corpus seeds them, tests/fuzz/quant-seeds seeds
+# fuzz_quant (the quantized-layer finder and decoders), and tests/fuzz/remote-seeds seeds
+# fuzz_remote (S3 listings, Hub trees and URLs rather than safetensors files).
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	$(shell pkg-config --cflags json-c)
@@ -137,7 +137,6 @@ fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p $$t.corpus || exit 1; \
 		case $$t in *fuzz_remote) seeds=tests/fuzz/remote-seeds dict= ;; \
-			*fuzz_parser) seeds="tests/corpus tests/fuzz/quant-seeds" dict=-dict=tests/fuzz/safetensors.dict ;; \
 			*fuzz_quant) seeds=tests/fuzz/quant-seeds dict=-dict=tests/fuzz/safetensors.dict ;; \
 			*) seeds=tests/corpus dict=-dict=tests/fuzz/safetensors.dict ;; esac; \
 		$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict \

@@ -31,17 +31,6 @@
 #define TABLE_BYTES (8u << 20)
 
 
-static uint64_t elements(const struct decode_input *in)
-{
-	uint64_t n = 1;
-
-	for (uint32_t i = 0; i < in->rank; i++)
-		if (__builtin_mul_overflow(n, in->shape[i], &n))
-			return UINT64_MAX;
-	return n;
-}
-
-
 enum scale_mode { PER_ROW, PER_TENSOR, PER_EXPERT };
 
 struct ct {
@@ -227,8 +216,10 @@ static int decode_piece(struct ct *s, uint64_t e, uint64_t rr0, uint64_t np, uin
 static int check_scale(struct ct *s)
 {
 	const struct decode_input *sc = &s->io->in[ST_QIN_SCALE];
-	uint64_t S = elements(sc);
+	uint64_t S;
 
+	if (decode_elements(sc, &S))
+		return -EIO;
 	s->ng = sc->rank ? sc->shape[sc->rank - 1] : 1;
 	if (S == 1)
 		s->mode = PER_TENSOR;
@@ -245,10 +236,12 @@ static int check_scale(struct ct *s)
 static int check_zero(struct ct *s)
 {
 	const struct decode_input *z = &s->io->in[ST_QIN_ZERO];
-	uint64_t n = elements(z);
+	uint64_t n;
 
 	if (!s->q->in[ST_QIN_ZERO].present)
 		return 0;
+	if (decode_elements(z, &n))
+		return -EIO;
 	if (z->dtype != ST_I32 && z->dtype != ST_U32)
 		return -EIO;
 	if (s->mode != PER_ROW)

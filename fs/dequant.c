@@ -409,8 +409,8 @@ static int dense_header(struct dense_store *d, struct st_header *h)
 			if (__builtin_mul_overflow(count, l->shape[j], &count))
 				return -EOVERFLOW;
 		}
-		if (__builtin_mul_overflow(count, (uint64_t)w, &bytes) || __builtin_add_overflow(at, bytes, &t->end) ||
-		    __builtin_add_overflow(at32, count * 4, &at32) || count > (UINT64_MAX >> 3))
+		if (count > (UINT64_MAX >> 3) || __builtin_mul_overflow(count, (uint64_t)w, &bytes) ||
+		    __builtin_add_overflow(at, bytes, &t->end) || __builtin_add_overflow(at32, count * 4, &at32))
 			return -EOVERFLOW;
 		*t = (struct st_tensor){.begin = at, .end = at + bytes, .name = (uint32_t)h->n_strings,
 					.name_len = (uint32_t)strlen(l->name), .dims = (uint32_t)(3 * i),
@@ -418,17 +418,19 @@ static int dense_header(struct dense_store *d, struct st_header *h)
 		memcpy(h->strings + h->n_strings, l->name, t->name_len + 1);
 		h->n_strings += t->name_len + 1;
 		d->start[i] = at;
-		d->f32[i] = at32 - count * 4; /* relative until the base is known */
 		d->count[i] = count;
 		at += bytes;
 	}
 	h->n_tensors = h->cap_tensors = n;
 	h->n_dims = h->cap_dims = 3 * n;
 	h->cap_strings = names;
+	/* The F32 image follows the DTYPE one, its tensors in the same order. */
 	d->f32_base = at;
 	for (size_t i = 0; i < n; i++)
-		d->f32[i] += at;
-	h->file_size = d->s.size = at + at32;
+		d->f32[i] = i ? d->f32[i - 1] + d->count[i - 1] * 4 : at;
+	if (__builtin_add_overflow(at, at32, &h->file_size))
+		return -EOVERFLOW;
+	d->s.size = h->file_size;
 	if (!(h->metadata_json = strdup("{}")))
 		return -ENOMEM;
 	h->metadata_json_len = 2;

@@ -330,26 +330,6 @@ static void consume(struct find *f, const struct ref *r)
 	f->out->consumed[r->shard][r->index] = 1;
 }
 
-/* A new layer called prefix + dense (e.g. "weight"), or NULL when out of memory. */
-static struct st_qlayer *add_layer(struct find *f, const char *prefix, size_t plen, const char *dense,
-				   enum st_qformat format)
-{
-	struct st_quant *q = f->out;
-	size_t dlen = strlen(dense);
-	struct st_qlayer *l, *grown = realloc(q->layers, (q->n_layers + 1) * sizeof *q->layers);
-
-	if (!grown)
-		return NULL;
-	q->layers = grown;
-	l = memset(&q->layers[q->n_layers], 0, sizeof *l);
-	if (!(l->name = malloc(plen + dlen + 1)))
-		return NULL;
-	memcpy(l->name, prefix, plen);
-	memcpy(l->name + plen, dense, dlen + 1);
-	l->format = format;
-	q->n_layers++;
-	return l;
-}
 
 static void set_input(struct find *f, struct st_qlayer *l, enum st_qrole role, const struct ref *r)
 {
@@ -382,12 +362,45 @@ static bool method_allows(const struct qconfig *c, enum st_qformat fmt)
 	}
 }
 
-static int wrong_method(struct find *f, const char *prefix, size_t plen, const char *looks)
+static int wrong_method(struct find *f, const char *prefix, size_t plen, enum st_qformat format)
 {
+	static const char *const looks[ST_Q_FORMAT_COUNT] = {
+		[ST_Q_FP8] = "an FP8 or INT8 layer", [ST_Q_GPTQ] = "a GPTQ layer", [ST_Q_AWQ] = "an AWQ layer",
+		[ST_Q_CT_INT] = "a compressed-tensors pack-quantized layer", [ST_Q_NVFP4] = "an NVFP4 layer",
+		[ST_Q_MXFP4] = "an MXFP4 layer", [ST_Q_MXFP8] = "an MXFP8 layer",
+		[ST_Q_BNB4] = "a bitsandbytes 4-bit layer", [ST_Q_BNB8] = "a bitsandbytes int8 layer"};
 	char what[512];
 
-	snprintf(what, sizeof what, "%.150s says quant_method \"%s\"", f->cname, f->c->method);
-	return fail(f, prefix, plen, looks, what);
+	snprintf(what, sizeof what, "%s, where %.150s says quant_method \"%s\"", looks[format], f->cname,
+		 f->c->method);
+	return fail(f, prefix, plen, what, NULL);
+}
+
+/* A new layer of FORMAT called prefix + dense (e.g. "weight"), or NULL with *rc: -EINVAL with
+ * the line when the config names another method, -ENOMEM. */
+static struct st_qlayer *add_layer(struct find *f, const char *prefix, size_t plen, const char *dense,
+				   enum st_qformat format, int *rc)
+{
+	struct st_quant *q = f->out;
+	size_t dlen = strlen(dense);
+	struct st_qlayer *l, *grown;
+
+	if (!method_allows(f->c, format)) {
+		*rc = wrong_method(f, prefix, plen, format);
+		return NULL;
+	}
+	*rc = -ENOMEM;
+	if (!(grown = realloc(q->layers, (q->n_layers + 1) * sizeof *q->layers)))
+		return NULL;
+	q->layers = grown;
+	l = memset(&q->layers[q->n_layers], 0, sizeof *l);
+	if (!(l->name = malloc(plen + dlen + 1)))
+		return NULL;
+	memcpy(l->name, prefix, plen);
+	memcpy(l->name + plen, dense, dlen + 1);
+	l->format = format;
+	q->n_layers++;
+	return l;
 }
 
 /* ---- GPTQ and AWQ: P.qweight, P.qzeros, P.scales [, P.g_idx] ---- */
@@ -455,9 +468,10 @@ static int try_gptq(struct find *f, const char *p, size_t pl, const struct ref *
 	if (v2 < 0)
 		return fail(f, p, pl, "GPTQ zero points are stored as in v1 (gptq) or v2 (gptq_v2), and no config says "
 				      "which: mount with -o gptq_format=gptq or -o gptq_format=gptq_v2", NULL);
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_GPTQ);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_GPTQ, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	l->rank = 2;
 	l->shape[0] = n;
 	l->shape[1] = k;
@@ -487,9 +501,10 @@ static int try_awq(struct find *f, const char *p, size_t pl, const struct ref *q
 		return fail(f, p, pl, "AWQ gemm packs 4 bits only, and the config says otherwise", NULL);
 	if (group_of(f, p, pl, k, dim(sc, 0), &g) < 0)
 		return -EINVAL;
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_AWQ);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_AWQ, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	l->rank = 2;
 	l->shape[0] = n;
 	l->shape[1] = k;
@@ -516,7 +531,7 @@ static int find_qweight(struct find *f, const char *p, size_t pl, const struct r
 	if (!strcmp(f->c->method, "awq") || !strcmp(f->c->method, "gptq") || !strcmp(f->c->method, "auto-round"))
 		gptq = strcmp(f->c->method, "awq") != 0;
 	if (!method_allows(f->c, gptq ? ST_Q_GPTQ : ST_Q_AWQ))
-		return wrong_method(f, p, pl, gptq ? "a GPTQ layer, where " : "an AWQ layer, where ");
+		return wrong_method(f, p, pl, gptq ? ST_Q_GPTQ : ST_Q_AWQ);
 	if (gptq && dim(qw, 1) != dim(&sc, 1))
 		return fail(f, p, pl, "qweight and scales differ in out_features", NULL);
 	return gptq ? try_gptq(f, p, pl, qw, &qz, &sc) : try_awq(f, p, pl, qw, &qz, &sc);
@@ -638,9 +653,10 @@ static int try_ct_int(struct find *f, const char *p, size_t pl, const struct ref
 	if (has_z && (zp.t->dtype != ST_I32 || !rows_cols(&zp, (uint32_t)rank, e, &zr, &zc) || zc != groups ||
 		      zr != ct_width(n, bits, stream)))
 		return fail(f, p, pl, "weight_zero_point does not fit the scales and the packing", NULL);
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_CT_INT);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_CT_INT, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, (uint32_t)rank, e, n, k);
 	l->bits = bits;
 	l->group = g;
@@ -679,11 +695,10 @@ static int try_fp4(struct find *f, const char *p, size_t pl, const struct ref *w
 		return fail(f, p, pl, nv ? "NVFP4 scales must be F8_E4M3 with one F32 global scale"
 					 : "MXFP4 scales must be U8 or F8_E8M0 (E8M0)", NULL);
 	enum st_qformat fmt = nv ? ST_Q_NVFP4 : ST_Q_MXFP4;
-	if (!method_allows(f->c, fmt))
-		return wrong_method(f, p, pl, nv ? "an NVFP4 layer, where " : "an MXFP4 layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, dense, fmt);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, dense, fmt, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, rank, e, n, 2 * half);
 	l->bits = 4;
 	l->group = group;
@@ -705,7 +720,7 @@ static int find_weight_packed(struct find *f, const char *p, size_t pl, const st
 
 	if (lookup(&f->m, p, pl, "weight_shape", &ws)) {
 		if (!method_allows(f->c, ST_Q_CT_INT))
-			return wrong_method(f, p, pl, "a compressed-tensors pack-quantized layer, where ");
+			return wrong_method(f, p, pl, ST_Q_CT_INT);
 		return try_ct_int(f, p, pl, wp, &ws);
 	}
 	return try_fp4(f, p, pl, wp, "weight_global_scale", "weight", "compressed-tensors");
@@ -733,11 +748,10 @@ static int try_scaled(struct find *f, const char *p, size_t pl, const struct ref
 		return fail(f, p, pl, "the weight's scale is neither per tensor, per row nor per block of the "
 				      "config's weight_block_size (128x128 without one)", NULL);
 	}
-	if (!method_allows(f->c, ST_Q_FP8))
-		return wrong_method(f, p, pl, "an FP8 or INT8 layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_FP8);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_FP8, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, 2, 1, n, k);
 	l->bits = 8;
 	l->block_rows = bh;
@@ -759,11 +773,10 @@ static int try_scaled(struct find *f, const char *p, size_t pl, const struct ref
 
 static int try_mxfp8(struct find *f, const char *p, size_t pl, const struct ref *w, const struct ref *sc)
 {
-	if (!method_allows(f->c, ST_Q_MXFP8))
-		return wrong_method(f, p, pl, "an MXFP8 layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_MXFP8);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_MXFP8, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, 2, 1, dim(w, 0), dim(w, 1));
 	l->bits = 8;
 	l->group = 32;
@@ -779,11 +792,10 @@ static int try_bnb8(struct find *f, const char *p, size_t pl, const struct ref *
 
 	if (scb->t->dtype != ST_F32 || numel(scb) != dim(w, 0))
 		return fail(f, p, pl, "SCB is not one F32 per row of the int8 weight", NULL);
-	if (!method_allows(f->c, ST_Q_BNB8))
-		return wrong_method(f, p, pl, "a bitsandbytes int8 layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_BNB8);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_BNB8, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, 2, 1, dim(w, 0), dim(w, 1));
 	l->bits = 8;
 	l->group = dim(w, 1);
@@ -851,11 +863,10 @@ static int try_bnb4(struct find *f, const char *p, size_t pl, const struct ref *
 	    !(lookup(&f->m, p, pl, "weight.quant_state.bitsandbytes__nf4", &qs) ||
 	      lookup(&f->m, p, pl, "weight.quant_state.bitsandbytes__fp4", &qs)))
 		return fail(f, p, pl, "bitsandbytes 4-bit needs weight.quant_map and weight.quant_state", NULL);
-	if (!method_allows(f->c, ST_Q_BNB4))
-		return wrong_method(f, p, pl, "a bitsandbytes 4-bit layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_BNB4);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "weight", ST_Q_BNB4, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	if (bnb_state(f, &qs, l, &fp4) < 0)
 		return fail(f, p, pl, "weight.quant_state is not the JSON bitsandbytes writes", NULL);
 	bool nested = l->nested_block != 0;
@@ -923,11 +934,10 @@ static int find_blocks(struct find *f, const char *p, size_t pl, const struct re
 	    (sc.t->dtype != ST_U8 && sc.t->dtype != ST_F8_E8M0) || dim(&sc, 0) != dim(b, 0) ||
 	    dim(&sc, 1) != dim(b, 1) || dim(&sc, 2) != dim(b, 2))
 		return fail(f, p, pl, "_blocks and _scales do not fit gpt-oss's MXFP4 layout", NULL);
-	if (!method_allows(f->c, ST_Q_MXFP4))
-		return wrong_method(f, p, pl, "an MXFP4 layer, where ");
-	struct st_qlayer *l = add_layer(f, p, pl, "", ST_Q_MXFP4);
+	int rc;
+	struct st_qlayer *l = add_layer(f, p, pl, "", ST_Q_MXFP4, &rc);
 	if (!l)
-		return -ENOMEM;
+		return rc;
 	dense_shape(l, 3, dim(b, 0), dim(b, 1), dim(b, 2) * 32);
 	l->bits = 4;
 	l->group = 32;

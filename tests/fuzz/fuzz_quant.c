@@ -1,6 +1,7 @@
 /* libFuzzer target: the quantized-layer finder and every decoder on what it finds, over
- * arbitrary file contents (hostile headers, configs and packed bytes alike).  Each layer is
- * decoded over a box of at most BOX_MAX values, whole rows where they fit. */
+ * arbitrary file contents (hostile headers, configs and packed bytes alike), without a config
+ * and with the header's own JSON as one.  What the finder accepts must hold together; each
+ * layer is decoded over a box of at most BOX_MAX values, whole rows where they fit. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,33 @@ static void decode_layer(struct input *in, const struct st_qlayer *l)
 	free(out);
 }
 
+/* Every layer names tensors it hid, of shape rank 2 or 3; every refusal is one line. */
+static void find_and_decode(const uint8_t *data, const struct st_header *h, const char *config, size_t len)
+{
+	const struct st_header *hdrs[1] = {h};
+	struct input in = {data, h, NULL};
+	struct st_quant_hints hints = {.gptq_v2 = 0, .ct_stream = -1, .read = read_tensor, .ctx = &in};
+	struct st_quant q;
+	char err[ST_ERR_LEN];
+
+	if (st_quant_find(hdrs, 1, config, len, "config", &hints, &q, err) < 0) {
+		if (!err[0] || memchr(err, '\n', strlen(err)))
+			__builtin_trap();
+		return;
+	}
+	for (size_t i = 0; i < q.n_layers; i++) {
+		const struct st_qlayer *l = &q.layers[i];
+		if ((l->rank != 2 && l->rank != 3) || !l->name)
+			__builtin_trap();
+		for (int r = 0; r < ST_QIN_COUNT; r++)
+			if (l->in[r].present && (l->in[r].shard != 0 || l->in[r].index >= h->n_tensors ||
+						 !q.consumed[0][l->in[r].index]))
+				__builtin_trap();
+		decode_layer(&in, l);
+	}
+	st_quant_free(&q);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct st_header h;
@@ -70,16 +98,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (st_header_parse_buffer(data, size, &h, err) != 0)
 		return 0;
-	const struct st_header *hdrs[1] = {&h};
-	struct input in = {data, &h, NULL};
-	struct st_quant_hints hints = {.gptq_v2 = 0, .ct_stream = -1, .read = read_tensor, .ctx = &in};
-	struct st_quant q;
-
-	if (st_quant_find(hdrs, 1, NULL, 0, "config", &hints, &q, err) == 0) {
-		for (size_t i = 0; i < q.n_layers; i++)
-			decode_layer(&in, &q.layers[i]);
-		st_quant_free(&q);
-	}
+	find_and_decode(data, &h, NULL, 0);
+	find_and_decode(data, &h, (const char *)data + 8, (size_t)h.header_len);
 	st_header_free(&h);
 	return 0;
 }
