@@ -111,7 +111,7 @@ static void usage(const char *prog, unsigned long reply_max)
 	       "                           (default %u; 0 keeps the kernel's)\n"
 	       "    -o listviews           list each tensor's NAME.npy view in directories\n"
 	       "    -o dequantize=BF16|F16|F32  show each quantized layer (FP8, GPTQ, AWQ,\n"
-	       "                           compressed-tensors, NVFP4, MXFP4, bitsandbytes int8)\n"
+	       "                           compressed-tensors, NVFP4, MXFP4, bitsandbytes)\n"
 	       "                           as one dense tensor of that dtype, its parts hidden\n"
 	       "    -o gptq_format=gptq|gptq_v2  GPTQ zero points, where no config says\n"
 	       "    -o ct_packing=word|stream  compressed-tensors packing of 3/5/6/7 bits,\n"
